@@ -1,0 +1,90 @@
+"""Rich output on the cluster side: a ``display()`` that writes mime bundles to the job directory.
+
+The runner points :data:`sink` at ``displays.jsonl``; every call appends one JSON line that the
+kernel re-displays. Formatting follows IPython's repr protocol (``_repr_mimebundle_``,
+``_repr_html_``, ``_repr_png_`` ...) without importing IPython, which would cost more than the
+whole trivial job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from typing import Any, TextIO
+
+sink: TextIO | None = None
+_lock = threading.Lock()
+
+_REPRS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/javascript", "_repr_javascript_"),
+    ("application/pdf", "_repr_pdf_"),
+)
+
+
+def _jsonable(mime: str, value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if mime == "application/json" or isinstance(value, (str, list, dict)):
+        return value
+    return str(value)
+
+
+def mimebundle(obj: Any) -> tuple[dict, dict]:
+    """The (data, metadata) mime bundle of ``obj``, as IPython's formatter would build it."""
+    data: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    method = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method) and not isinstance(obj, type):
+        try:
+            got = method(include=None, exclude=None)
+        except Exception:
+            got = None
+        if isinstance(got, tuple):
+            got, md = got
+            metadata.update(md or {})
+        if isinstance(got, dict):
+            data.update(got)
+    for mime, name in _REPRS:
+        if mime in data:
+            continue
+        method = getattr(obj, name, None)
+        if callable(method) and not isinstance(obj, type):
+            try:
+                value = method()
+            except Exception:
+                value = None
+            if isinstance(value, tuple) and len(value) == 2:
+                value, md = value
+                metadata[mime] = md
+            if value is not None:
+                data[mime] = value
+    data.setdefault("text/plain", repr(obj))
+    return {k: _jsonable(k, v) for k, v in data.items()}, metadata
+
+
+def publish(data: dict, metadata: dict | None = None) -> None:
+    line = json.dumps({"data": data, "metadata": metadata or {}})
+    with _lock:
+        if sink is None:
+            print(data.get("text/plain", ""))
+            return
+        sink.write(line + "\n")
+        sink.flush()
+
+
+def display(*objs: Any, raw: bool = False, metadata: dict | None = None, **_: Any) -> None:
+    """Display objects in the notebook cell that submitted this job."""
+    for obj in objs:
+        if raw and isinstance(obj, dict):
+            publish(obj, metadata)
+        else:
+            data, md = mimebundle(obj)
+            publish(data, {**md, **(metadata or {})})

@@ -1,0 +1,73 @@
+"""The library's operations on jobs and profiles, shared by the magics, the panel and the server.
+
+Everything here works from the journal and the profiles file, so it serves any process: a
+kernel, another kernel, or the Jupyter server. Nothing here unpickles anything except
+:func:`fetch_result`, which verifies signatures first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .journal import Journal, JobRecord
+from .paths import journal_path
+from .states import JobState
+
+LOG_STREAMS = ("stdout", "stderr", "scheduler")
+
+_journal: Journal | None = None
+
+
+def journal() -> Journal:
+    """The journal of this user (one object per process; reopened if the path changed)."""
+    global _journal
+    path = journal_path()
+    if _journal is None or _journal.path != path:
+        _journal = Journal(path)
+    return _journal
+
+
+def list_jobs(states: tuple[str, ...] | None = None, profile: str | None = None,
+              limit: int = 200) -> list[JobRecord]:
+    """Jobs of this user, newest first, from all kernels."""
+    if states:
+        states = tuple(JobState.parse(s).value for s in states)
+    return journal().list(states, profile, limit)
+
+
+def get_job(ref: str) -> JobRecord:
+    """One job by id, id prefix, name or native id. Raises KeyError if unknown."""
+    return journal().find(ref)
+
+
+def job_logs(ref: str, stream: str = "stdout", tail: int | None = 200) -> str:
+    """The last ``tail`` lines (all if None) of a job's stdout, stderr or scheduler log."""
+    from .backends import backend_for_record
+
+    if stream not in LOG_STREAMS:
+        raise ValueError(f"unknown log stream {stream!r}; valid streams: {', '.join(LOG_STREAMS)}")
+    rec = get_job(ref)
+    return backend_for_record(rec).logs(rec, stream, tail)
+
+
+def cancel_job(ref: str) -> JobRecord:
+    """Cancel a job (no-op for a finished one); returns the updated record."""
+    from .backends import backend_for_record
+
+    rec = get_job(ref)
+    if not rec.state.final:
+        backend_for_record(rec).cancel(rec)
+    return journal().get(rec.id) or rec
+
+
+def list_profiles() -> list[dict[str, Any]]:
+    """Every profile (the built-in ``local`` first) as plain dicts, with ``default`` marked."""
+    from .profiles import load_profiles, default_profile_name
+
+    default = default_profile_name()
+    out = []
+    for p in load_profiles().values():
+        d = p.to_dict()
+        d["default"] = p.name == default
+        out.append(d)
+    return out

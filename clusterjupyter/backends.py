@@ -1,0 +1,273 @@
+"""A backend is a scheduler plus a transport for one profile, and the submit pipeline over them.
+
+``cell → capture → payload → job directory → transport → scheduler`` on the way out and
+``exit file → verified result → values`` on the way back are the same for every backend; only
+the scheduler and the transport differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import paths as local_paths
+from .errors import ClusterError, ProfileError
+from .jobdir import JobPaths, load_secret, sign_document
+from .journal import Journal, JobRecord
+from .monitor import Monitor
+from .payload import JobResult, Packed, load_result, manifest_doc
+from .profiles import Profile, get_profile, load_profiles
+from .resources import Resources
+from .schedulers import JobSpec, scheduler_class
+from .states import JobState
+from .transports import LocalTransport, Progress, Transport
+
+#: modules the runner needs on the cluster (shipped when the profile says ship_runner)
+RUNTIME_MODULES = ("__init__.py", "runner.py", "serialize.py", "jobdir.py", "_display.py",
+                   "_mpl_backend.py")
+PROGRESS_THRESHOLD = 64 << 20
+
+
+@dataclass
+class Submission:
+    """Everything the kernel side decided about one job before it is sent."""
+
+    source: str
+    has_result: bool
+    packed: Packed
+    name: str
+    resources: Resources
+    outputs: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    kernel_id: str = ""
+    notebook: str = ""
+    progress: Any = None      # factory(total, label) -> Progress, for large uploads
+
+
+def make_transport(profile: Profile) -> Transport:
+    if profile.remote:
+        from .transports.ssh import SSHTransport
+
+        return SSHTransport.from_profile(profile)
+    return LocalTransport()
+
+
+class Backend:
+    """Scheduler + transport + work root of one profile."""
+
+    def __init__(self, profile: Profile, journal: Journal | None = None):
+        from .api import journal as default_journal
+
+        self.profile = profile
+        self.name = profile.name
+        self.journal = journal or default_journal()
+        self.transport = make_transport(profile)
+        self.scheduler = scheduler_class(profile.scheduler)(self.transport,
+                                                            profile.scheduler_options)
+        self.monitor = Monitor(self)
+        self._root: str | None = None
+        self._prepared = False
+        self._prepare_lock = threading.Lock()
+        self._pythonpath: str | None = None
+        self._remote_secret: str | None = None
+
+    @property
+    def watch_interval(self) -> float:
+        """Seconds between exit-file checks while a cell waits."""
+        return 0.01 if isinstance(self.transport, LocalTransport) else 0.1
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            self._root = self.transport.expand(self.profile.work_root)
+        return self._root
+
+    def paths(self, rec: JobRecord) -> JobPaths:
+        return JobPaths.from_dir(rec.job_dir)
+
+    @property
+    def key(self) -> bytes:
+        return load_secret(local_paths.secret_path(), create=True)
+
+    # -- setup ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the work root, place the secret and (for remote hosts) the runner. Once."""
+        with self._prepare_lock:
+            if self._prepared:
+                return
+            t = self.transport
+            t.makedirs(posixpath.join(self.root, "blobs"))
+            t.makedirs(posixpath.join(self.root, "jobs"))
+            key = self.key
+            if isinstance(t, LocalTransport):
+                self._remote_secret = local_paths.secret_path()
+            else:
+                self._remote_secret = posixpath.join(self.root, ".secret")
+                try:
+                    same = t.read(self._remote_secret).strip() == key
+                except OSError:
+                    same = False
+                if not same:
+                    t.write(self._remote_secret, key, 0o600)
+                if self.profile.ship_runner:
+                    self._pythonpath = self._ship_runner()
+            self._prepared = True
+
+    def _ship_runner(self) -> str:
+        here = os.path.dirname(os.path.abspath(__file__))
+        files = {}
+        for name in RUNTIME_MODULES:
+            with open(os.path.join(here, name), "rb") as f:
+                files[name] = f.read()
+        digest = hashlib.sha256(b"".join(files[n] for n in sorted(files))).hexdigest()[:16]
+        lib = posixpath.join(self.root, "lib", digest)
+        pkg = posixpath.join(lib, "clusterjupyter")
+        marker = posixpath.join(pkg, ".complete")
+        if not self.transport.existing([marker]):
+            self.transport.makedirs(pkg)
+            for name, data in files.items():
+                self.transport.write(posixpath.join(pkg, name), data, 0o600)
+            self.transport.write(marker, b"", 0o600)
+        return lib
+
+    # -- submit -----------------------------------------------------------------------------
+    def spec(self, job_id: str, sub: Submission) -> JobSpec:
+        return JobSpec(job_id=job_id, name=sub.name, paths=JobPaths(self.root, job_id),
+                       resources=self.profile.default_resources.merged(sub.resources),
+                       python=self.profile.interpreter, secret_path=self._remote_secret or "",
+                       prelude=list(self.profile.prelude), env=dict(self.profile.env),
+                       pythonpath=self._pythonpath)
+
+    def script(self, sub: Submission) -> str:
+        """The job script that would be submitted (nothing is written or sent)."""
+        self.prepare()
+        return self.scheduler.render(self.spec("0" * 32, sub))
+
+    def submit(self, sub: Submission) -> JobRecord:
+        """Send the job and submit it exactly once; the record is in the journal afterwards."""
+        self.prepare()
+        job_id = uuid.uuid4().hex
+        spec = self.spec(job_id, sub)
+        paths = spec.paths
+        t = self.transport
+        t.makedirs(paths.dir, 0o700)
+        key = self.key
+        blob_paths = {name: paths.blob(b.sha256) for name, b in sub.packed.blobs.items()}
+        present = t.existing(set(blob_paths.values()))
+        sent: set[str] = set()
+        for name, blob in sub.packed.blobs.items():
+            target = blob_paths[name]
+            if target in present or target in sent:
+                continue
+            progress = None
+            if sub.progress is not None and blob.size >= PROGRESS_THRESHOLD:
+                progress = sub.progress(blob.size, f"sending {name}")
+            try:
+                t.put_blob(blob, target, progress)
+            finally:
+                if progress is not None:
+                    progress.close()
+            sent.add(target)
+        doc = manifest_doc(job_id, sub.name, sub.source, sub.has_result, sub.packed, key,
+                           sub.deleted, sub.outputs)
+        data, sig = sign_document(key, "manifest", doc)
+        t.write(paths.manifest, data)
+        t.write(paths.manifest_sig, sig)
+        t.write(paths.script, self.scheduler.render(spec).encode(), 0o700)
+        rec = JobRecord(id=job_id, name=sub.name, profile=self.name,
+                        scheduler=self.scheduler.name, state=JobState.PENDING,
+                        submitted=time.time(), cell=sub.source, job_dir=paths.dir,
+                        kernel_id=sub.kernel_id, notebook=sub.notebook,
+                        outputs=sub.outputs, options=spec.resources.to_dict())
+        self.journal.add(rec)
+        try:
+            rec.native_id = self.scheduler.submit(spec)
+        except Exception as e:
+            self.journal.update(job_id, state=JobState.FAILED, finished=time.time(),
+                                reason=f"submission failed: {e}")
+            raise
+        self.journal.update(job_id, native_id=rec.native_id)
+        self.monitor.track(rec)
+        return rec
+
+    # -- after ------------------------------------------------------------------------------
+    def has_result(self, rec: JobRecord) -> bool:
+        p = self.paths(rec)
+        return bool(self.transport.existing([p.result]))
+
+    def fetch_result(self, rec: JobRecord, namespace: dict, main: Any) -> JobResult:
+        """Verify and unpickle a finished job's result."""
+        if not self.has_result(rec):
+            raise ClusterError(f"job {rec.id[:8]} ({rec.state.value}) has no result"
+                               + (f": {rec.reason}" if rec.reason else ""))
+        return load_result(self.paths(rec), self.key, self.transport.open, namespace, main)
+
+    def logs(self, rec: JobRecord, stream: str = "stdout", tail: int | None = 200) -> str:
+        p = self.paths(rec)
+        path = {"stdout": p.stdout, "stderr": p.stderr, "scheduler": p.scheduler_log}[stream]
+        return self.transport.tail(path, tail)
+
+    def log_tail(self, rec: JobRecord, lines: int = 15) -> str:
+        """The last lines of stderr and the scheduler log, for failure messages."""
+        parts = []
+        for stream in ("stderr", "scheduler"):
+            try:
+                text = self.logs(rec, stream, lines).rstrip()
+            except Exception:
+                text = ""
+            if text:
+                parts.append(f"[{stream}]\n{text}")
+        return "\n".join(parts)
+
+    def cancel(self, rec: JobRecord) -> None:
+        if rec.state.final or not rec.native_id:
+            return
+        self.monitor.track(rec)
+        self.monitor.cancel_requested(rec.id)
+        self.scheduler.cancel([rec.native_id])
+        self.journal.update(rec.id, reason="cancel requested")
+
+    def refresh(self, records: list[JobRecord]) -> None:
+        """Bring active records up to date (jobs no monitor in this process is watching)."""
+        mine = {r.id for r in self.monitor.active()}
+        new = [r for r in records if r.id not in mine and not r.state.final]
+        for r in new:
+            self.monitor.track(r)
+        if new:
+            self.monitor.poll_once()
+
+
+_backends: dict[tuple[str, str], Backend] = {}
+_lock = threading.Lock()
+
+
+def backend_for(profile: Profile | str | None) -> Backend:
+    """The (cached) backend of a profile; a changed profile gets a new backend."""
+    if not isinstance(profile, Profile):
+        profile = get_profile(profile)
+    key = (profile.name, repr(profile.to_dict()) + local_paths.journal_path())
+    with _lock:
+        b = _backends.get(key)
+        if b is None:
+            b = _backends[key] = Backend(profile)
+        return b
+
+
+def backend_for_record(rec: JobRecord) -> Backend:
+    profiles = load_profiles()
+    if rec.profile not in profiles:
+        raise ProfileError(f"job {rec.id[:8]} ran on profile {rec.profile!r}, which no longer "
+                           f"exists; profiles: {', '.join(profiles)}")
+    return backend_for(profiles[rec.profile])
+
+
+def client_identity() -> dict[str, str]:
+    return {"host": socket.gethostname(), "python": sys.version.split()[0]}

@@ -1,0 +1,176 @@
+"""The journal: a SQLite (WAL) record of every job, shared by all kernels and the server extension.
+
+It holds what is needed to find, show and recover a job — never the result data itself (that
+stays in the job directory, signed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator
+
+from .states import JobState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,   -- uuid hex, ours
+    name          TEXT NOT NULL,
+    profile       TEXT NOT NULL,
+    scheduler     TEXT NOT NULL,
+    native_id     TEXT,               -- the scheduler's id (pid, SLURM job id ...)
+    state         TEXT NOT NULL,
+    reason        TEXT NOT NULL DEFAULT '',   -- queue reason while pending, exit reason at the end
+    exit_code     INTEGER,
+    submitted     REAL NOT NULL,
+    started       REAL,
+    finished      REAL,
+    updated       REAL NOT NULL,
+    cell          TEXT NOT NULL,
+    kernel_id     TEXT NOT NULL DEFAULT '',
+    notebook      TEXT NOT NULL DEFAULT '',
+    host          TEXT NOT NULL DEFAULT '',   -- where it ran
+    job_dir       TEXT NOT NULL,              -- on the machine that ran it
+    result_status TEXT NOT NULL DEFAULT 'none',   -- none | available | pushed | failed
+    outputs       TEXT NOT NULL DEFAULT '[]',     -- names the cell binds (static analysis)
+    options       TEXT NOT NULL DEFAULT '{}'      -- submit options (resources ...), JSON
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs(submitted);
+"""
+
+ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    name: str
+    profile: str
+    scheduler: str
+    state: JobState
+    submitted: float
+    cell: str
+    job_dir: str
+    native_id: str | None = None
+    reason: str = ""
+    exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    updated: float = 0.0
+    kernel_id: str = ""
+    notebook: str = ""
+    host: str = ""
+    result_status: str = "none"
+    outputs: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds running (or ran); None while pending."""
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["state"] = self.state.value
+        d["elapsed"] = self.elapsed
+        return d
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "JobRecord":
+        d = dict(row)
+        d["state"] = JobState(d["state"])
+        d["outputs"] = json.loads(d["outputs"] or "[]")
+        d["options"] = json.loads(d["options"] or "{}")
+        return cls(**d)
+
+
+class Journal:
+    """Thread-safe access to the journal database at ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        with self._conn() as c:
+            c.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            try:
+                os.chmod(self.path, 0o600)
+            except OSError:
+                pass
+        return conn
+
+    def add(self, rec: JobRecord) -> None:
+        d = rec.to_json()
+        d.pop("elapsed")
+        d["outputs"] = json.dumps(rec.outputs)
+        d["options"] = json.dumps(rec.options)
+        d["updated"] = time.time()
+        cols = ", ".join(d)
+        marks = ", ".join(f":{k}" for k in d)
+        self._conn().execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", d)
+
+    _UPDATABLE = {"native_id", "state", "reason", "exit_code", "started", "finished", "host",
+                  "result_status", "job_dir"}
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        bad = set(changes) - self._UPDATABLE
+        if bad:
+            raise ValueError(f"journal fields not updatable: {sorted(bad)}")
+        if "state" in changes and isinstance(changes["state"], JobState):
+            changes["state"] = changes["state"].value
+        changes["updated"] = time.time()
+        sets = ", ".join(f"{k} = :{k}" for k in changes)
+        self._conn().execute(f"UPDATE jobs SET {sets} WHERE id = :id", {**changes, "id": job_id})
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord.from_row(row) if row else None
+
+    def find(self, ref: str) -> JobRecord:
+        """A job by uuid, uuid prefix (≥ 4 chars), name, or native id; the newest wins."""
+        ref = ref.strip()
+        rows = self._conn().execute(
+            "SELECT * FROM jobs WHERE id = :r OR name = :r OR native_id = :r "
+            "OR (length(:r) >= 4 AND id LIKE :p) ORDER BY submitted DESC LIMIT 2",
+            {"r": ref, "p": ref + "%"}).fetchall()
+        if not rows:
+            raise KeyError(f"no job {ref!r} in the journal ({self.path})")
+        return JobRecord.from_row(rows[0])
+
+    def list(self, states: tuple[str, ...] | None = None, profile: str | None = None,
+             limit: int = 200) -> list[JobRecord]:
+        sql = "SELECT * FROM jobs"
+        where, args = [], []
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(states)
+        if profile:
+            where.append("profile = ?")
+            args.append(profile)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY submitted DESC LIMIT ?"
+        args.append(limit)
+        return [JobRecord.from_row(r) for r in self._conn().execute(sql, args).fetchall()]
+
+    def active(self, profile: str | None = None) -> list[JobRecord]:
+        return self.list(ACTIVE, profile, limit=100000)
+
+    def __iter__(self) -> Iterator[JobRecord]:
+        return iter(self.list())

@@ -1,0 +1,457 @@
+"""``%%cluster`` and ``%cluster …``: thin IPython magics over the library.
+
+Parsing, messages and pushing values into the namespace live here; everything else (capture,
+payload, backends, journal) is library code shared with the panel and the server.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Unicode
+
+from . import api
+from .backends import Submission, backend_for
+from .capture import analyze, gather
+from .errors import ClusterError, ProfileError
+from .jobs import (Follower, Job, PushBack, Waiter, apply_result, failure, publish_display,
+                   register_source)
+from .journal import JobRecord
+from .payload import pack_inputs
+from .profiles import get_profile, load_profiles
+from .resources import Resources
+from .states import JobState
+
+RESOURCE_OPTIONS = ("time", "cpus", "mem", "gpus", "nodes", "partition", "account", "qos",
+                    "constraint")
+SUBCOMMANDS = {
+    "jobs": "list jobs from the journal (all kernels)",
+    "status": "show one job",
+    "logs": "show a job's stdout, stderr or scheduler log",
+    "cancel": "cancel a job",
+    "result": "push a finished job's outputs into this kernel",
+    "profiles": "list cluster profiles",
+    "default": "choose the profile %%cluster uses without a name",
+    "script": "show the job script %%cluster would submit",
+    "queue": "show the scheduler's queue of a profile",
+    "panel": "open the job monitor panel",
+}
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def summary(rec: JobRecord) -> str:
+    """One line describing a job's state (used by the status line and ``%cluster status``)."""
+    parts = [f"job {rec.id[:8]}", rec.name, f"[{rec.profile}"
+             + (f" #{rec.native_id}]" if rec.native_id else "]"), rec.state.value]
+    if rec.reason:
+        parts.append(f"({rec.reason})")
+    if rec.started:
+        parts.append(_fmt_seconds(rec.elapsed))
+    if rec.host and rec.state.final:
+        parts.append(f"on {rec.host}")
+    return " ".join(parts)
+
+
+class StatusLine:
+    """A live one-line status in the cell (Jupyter kernels); silent in a plain shell."""
+
+    def __init__(self, shell: Any, rec: JobRecord):
+        self.handle = None
+        self.last = ""
+        if getattr(shell, "kernel", None) is not None:
+            from IPython.display import display
+
+            self.handle = display({"text/plain": summary(rec)}, raw=True, display_id=True)
+
+    def update(self, rec: JobRecord) -> None:
+        text = summary(rec)
+        if self.handle is not None and text != self.last:
+            self.handle.update({"text/plain": text}, raw=True)
+        self.last = text
+
+
+def _options_help() -> str:
+    return ", ".join(f"--{o}" for o in (*RESOURCE_OPTIONS, "directive", "name", "job", "async",
+                                        "dry-run", "skip"))
+
+
+@magics_class
+class ClusterMagics(Magics):
+    """Run cells on a cluster. ``%%cluster?`` and ``%cluster?`` show the options."""
+
+    default_profile = Unicode(
+        "", config=True,
+        help="Profile used by %%cluster without a name (empty: the profiles file's default, "
+             "else 'local').")
+    stream_output = Bool(
+        True, config=True, help="Show the job's stdout/stderr in the cell while it runs.")
+
+    def __init__(self, shell: Any = None, **kw: Any):
+        super().__init__(shell, **kw)
+        self.pushback = PushBack(shell) if shell is not None else None
+
+    # -- %%cluster --------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("profile", nargs="?", default=None, help="cluster profile (default: see "
+              "%%cluster default)")
+    @argument("--time", help="time limit: minutes, H:MM:SS, or 45m / 2h / 1d")
+    @argument("--cpus", help="CPU cores for the cell")
+    @argument("--mem", help="memory: 500M, 4G …")
+    @argument("--gpus", help="GPUs: a count or TYPE:COUNT")
+    @argument("--nodes", help="number of nodes")
+    @argument("--partition", help="partition / queue")
+    @argument("--account", help="account to charge")
+    @argument("--qos", help="quality of service")
+    @argument("--constraint", help="node features")
+    @argument("--directive", action="append", default=[],
+              help="extra scheduler directive, verbatim (repeatable)")
+    @argument("--name", help="job name (default: notebook name and cell number)")
+    @argument("--job", metavar="VAR", help="bind the Job handle to this name")
+    @argument("--async", dest="async_", action="store_true",
+              help="return a Job at once; outputs arrive between cells when it finishes")
+    @argument("--dry-run", action="store_true",
+              help="show the script, inputs and outputs without submitting")
+    @argument("--skip", action="append", default=[], metavar="NAME",
+              help="do not send this name (repeatable)")
+    @line_cell_magic
+    def cluster(self, line: str, cell: str | None = None) -> Any:
+        """Run the cell on a cluster: ``%%cluster [PROFILE] [--time …] [--async] …``.
+
+        Line form: ``%cluster jobs|status|logs|cancel|result|profiles|default|script|queue|panel``.
+        """
+        __tracebackhide__ = True
+        if cell is None:
+            return self._line(line)
+        args = self._parse(self.cluster, line)
+        return self._run_cell(args, cell)
+
+    def _parse(self, func: Any, line: str) -> Any:
+        try:
+            return parse_argstring(func, line)
+        except UsageError as e:
+            msg = str(e)
+            bad = [w for w in line.split() if w.startswith("-")]
+            valid = _options_help()
+            hints = []
+            for word in bad:
+                opt = word.split("=")[0]
+                if opt.lstrip("-").replace("-", "_") not in [v.lstrip("-").replace("-", "_")
+                                                             for v in valid.split(", ")]:
+                    close = difflib.get_close_matches(opt, valid.split(", "), n=1)
+                    hints.append(f"unknown option {opt}"
+                                 + (f" (did you mean {close[0]}?)" if close else ""))
+            raise UsageError("; ".join(hints or [msg]) + f"\nvalid options: {valid}") from None
+
+    def _profile_name(self, name: str | None) -> str | None:
+        return name or self.default_profile or None
+
+    def _current_profile(self) -> str:
+        from .profiles import default_profile_name
+
+        return self.default_profile or default_profile_name()
+
+    def _submission(self, args: Any, cell: str) -> tuple[Submission, Any]:
+        shell = self.shell
+        source = shell.transform_cell(cell)
+        try:
+            analysis = analyze(source)
+        except SyntaxError as e:
+            raise UsageError(f"the cell is not valid Python: {e}") from None
+        values = {o: getattr(args, o) for o in RESOURCE_OPTIONS}
+        values["directives"] = args.directive or None
+        try:
+            resources = Resources.parse(values)
+        except ProfileError as e:
+            raise UsageError(str(e).replace("field", "option")) from None
+        captured = gather(analysis, shell.user_ns, shell.user_ns_hidden, args.skip)
+        packed = pack_inputs(captured, shell.user_ns, shell.user_module)
+        notebook = os.environ.get("JPY_SESSION_NAME", "")
+        stem = os.path.splitext(os.path.basename(notebook))[0] if notebook else "cell"
+        name = args.name or f"{stem}-{shell.execution_count}"
+        sub = Submission(source=source, has_result=analysis.has_result, packed=packed,
+                         name=name, resources=resources, outputs=analysis.outputs,
+                         deleted=analysis.deleted, kernel_id=_kernel_id(), notebook=notebook,
+                         progress=_progress_factory())
+        return sub, analysis
+
+    def _run_cell(self, args: Any, cell: str) -> Any:
+        __tracebackhide__ = True
+        try:
+            backend = backend_for(self._profile_name(args.profile))
+        except ProfileError as e:
+            raise UsageError(str(e)) from None
+        sub, analysis = self._submission(args, cell)
+        if args.dry_run:
+            print(f"# profile {backend.name} ({backend.scheduler.name} on "
+                  f"{backend.transport.where})")
+            print(f"# inputs: {', '.join(sub.packed.blobs) or '-'}"
+                  + (f"; modules: {', '.join(sub.packed.modules)}" if sub.packed.modules else "")
+                  + f" ({sub.packed.total_size} bytes)")
+            if sub.packed.skipped:
+                print(f"# left behind: {', '.join(sub.packed.skipped)}")
+            print(f"# outputs: {', '.join(analysis.outputs) or '-'}")
+            print(backend.script(sub))
+            return None
+        try:
+            rec = backend.submit(sub)
+        except ClusterError as e:
+            raise UsageError(f"submission to {backend.name} failed: {e}") from None
+        register_source(rec.id, sub.source)
+        job = Job(rec, backend)
+        if args.job:
+            self.shell.user_ns[args.job] = job
+        status = StatusLine(self.shell, rec)
+        if args.async_:
+            assert self.pushback is not None
+            self.pushback.watch(job, status)
+            return job
+        follower = Follower(backend, rec, publish_display)
+        try:
+            state = Waiter(job, follower, status).run()
+        except KeyboardInterrupt:
+            backend.cancel(job.record)
+            final = job.wait(15)
+            print(f"\nclusterjupyter: interrupted; job {rec.id[:8]} on {backend.name} "
+                  f"cancelled ({final.value})", file=sys.stderr)
+            raise
+        return self._finish(job, state)
+
+    def _finish(self, job: Job, state: JobState) -> Any:
+        __tracebackhide__ = True
+        rec = job.record
+        if not job.backend.has_result(rec):
+            raise failure(job.backend, rec)
+        result = job.result(self.shell.user_ns, self.shell.user_module)
+        apply_result(result, self.shell.user_ns)
+        job.backend.journal.update(job.id, result_status="pushed")
+        if result.exception is not None:
+            raise result.exception
+        if result.value_bundle is not None:
+            publish_display(result.value_bundle, {})
+            return None
+        return result.value if result.has_value else None
+
+    # -- %cluster … -------------------------------------------------------------------------
+    def _line(self, line: str) -> Any:
+        __tracebackhide__ = True
+        words = line.strip().split(None, 1)
+        if not words:
+            raise UsageError(self._line_usage())
+        sub, rest = words[0], (words[1] if len(words) > 1 else "")
+        if sub not in SUBCOMMANDS:
+            close = difflib.get_close_matches(sub, list(SUBCOMMANDS), n=1)
+            raise UsageError(f"unknown subcommand {sub!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + "\n" + self._line_usage())
+        try:
+            return getattr(self, f"_cmd_{sub}")(rest)
+        except KeyError as e:
+            raise UsageError(str(e).strip("'\"")) from None
+        except ProfileError as e:
+            raise UsageError(str(e)) from None
+
+    def _line_usage(self) -> str:
+        lines = [f"  %cluster {k:<9} {v}" for k, v in SUBCOMMANDS.items()]
+        return "usage:\n" + "\n".join(lines) + "\n  %%cluster [PROFILE] [options]  run a cell"
+
+    def _one_arg(self, rest: str, what: str) -> str:
+        parts = rest.split()
+        if len(parts) != 1:
+            raise UsageError(f"expected one {what}, got {rest!r}")
+        return parts[0]
+
+    def _cmd_jobs(self, rest: str) -> None:
+        states: tuple[str, ...] | None = None
+        profile = None
+        limit = 50
+        it = iter(rest.split())
+        for word in it:
+            if word == "--active":
+                states = ("pending", "running")
+            elif word == "--state":
+                states = tuple(next(it, "").split(","))
+            elif word == "--profile":
+                profile = next(it, None)
+            elif word == "--limit":
+                limit = int(next(it, "50"))
+            else:
+                raise UsageError(f"unknown option {word!r} for %cluster jobs; valid: --active, "
+                                 "--state STATE[,STATE], --profile NAME, --limit N")
+        try:
+            recs = api.list_jobs(states, profile, limit)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        self._refresh(recs)
+        recs = [api.journal().get(r.id) or r for r in recs]
+        if not recs:
+            print("no jobs in the journal" + (f" for profile {profile}" if profile else ""))
+            return None
+        print(f"{'ID':<9} {'NAME':<18} {'PROFILE':<10} {'NATIVE':<9} {'STATE':<13} "
+              f"{'ELAPSED':>8}  REASON")
+        for r in recs:
+            print(f"{r.id[:8]:<9} {r.name[:18]:<18} {r.profile[:10]:<10} "
+                  f"{(r.native_id or '-')[:9]:<9} {r.state.value:<13} "
+                  f"{_fmt_seconds(r.elapsed):>8}  {r.reason[:60]}")
+        return None
+
+    def _refresh(self, recs: list[JobRecord]) -> None:
+        by_profile: dict[str, list[JobRecord]] = {}
+        for r in recs:
+            if not r.state.final:
+                by_profile.setdefault(r.profile, []).append(r)
+        for name, group in by_profile.items():
+            try:
+                backend_for(get_profile(name)).refresh(group)
+            except Exception as e:
+                print(f"clusterjupyter: cannot refresh jobs of {name}: {e}", file=sys.stderr)
+
+    def _cmd_status(self, rest: str) -> Job:
+        rec = api.get_job(self._one_arg(rest, "job id"))
+        self._refresh([rec])
+        rec = api.get_job(rec.id)
+        print(summary(rec))
+        return Job(rec)
+
+    def _cmd_logs(self, rest: str) -> None:
+        parts = rest.split()
+        stream, tail, ref = "stdout", None, None
+        it = iter(parts)
+        for word in it:
+            if word in ("--stream", "-s"):
+                stream = next(it, "")
+            elif word in ("--stderr", "--stdout", "--scheduler"):
+                stream = word[2:]
+            elif word in ("--tail", "-n"):
+                tail = int(next(it, "20"))
+            elif word.startswith("-"):
+                raise UsageError(f"unknown option {word!r} for %cluster logs; valid: "
+                                 "--stream stdout|stderr|scheduler, --tail N")
+            else:
+                ref = word
+        if ref is None:
+            raise UsageError("usage: %cluster logs ID [--stream stderr] [--tail N]")
+        try:
+            print(api.job_logs(ref, stream, tail), end="")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    def _cmd_cancel(self, rest: str) -> None:
+        rec = api.get_job(self._one_arg(rest, "job id"))
+        if rec.state.final:
+            print(f"job {rec.id[:8]} already ended: {rec.state.value}")
+            return
+        job = Job(rec)
+        state = job.cancel()
+        print(f"job {rec.id[:8]} on {rec.profile}: {state.value}")
+
+    def _cmd_result(self, rest: str) -> Any:
+        __tracebackhide__ = True
+        rec = api.get_job(self._one_arg(rest, "job id"))
+        self._refresh([rec])
+        job = Job(api.get_job(rec.id))
+        register_source(rec.id, rec.cell)
+        state = job.wait()
+        return self._finish(job, state)
+
+    def _cmd_profiles(self, rest: str) -> None:
+        profiles = load_profiles()
+        current = self._current_profile()
+        for p in profiles.values():
+            mark = "*" if p.name == current else " "
+            where = f"{p.user + '@' if p.user else ''}{p.host}" if p.host else "this machine"
+            print(f"{mark} {p.name:<14} {p.scheduler:<10} {where}"
+                  + (f"  {p.description}" if p.description else ""))
+
+    def _cmd_default(self, rest: str) -> None:
+        parts = rest.split()
+        save = "--save" in parts
+        names = [p for p in parts if p != "--save"]
+        if not names:
+            print(self._current_profile())
+            return
+        name = names[0]
+        get_profile(name)
+        self.default_profile = name
+        if save:
+            from .profiles import set_default
+
+            set_default(name)
+        print(f"%%cluster now runs on {name!r}" + (" (saved)" if save else ""))
+
+    def _cmd_script(self, rest: str) -> None:
+        args = self._parse(self.cluster, rest)
+        args.dry_run = True
+        self._run_cell(args, "")
+
+    def _cmd_queue(self, rest: str) -> None:
+        name = rest.strip() or self._profile_name(None)
+        backend = backend_for(name)
+        try:
+            entries = backend.scheduler.queue()
+        except ClusterError as e:
+            raise UsageError(str(e)) from None
+        if not entries:
+            print(f"the queue of {backend.name} is empty")
+            return
+        print(f"{'JOBID':<10} {'NAME':<20} {'USER':<10} {'STATE':<10} {'TIME':>10}  REASON")
+        for q in entries:
+            print(f"{q.native_id:<10} {q.name[:20]:<20} {q.user[:10]:<10} {q.state.value:<10} "
+                  f"{q.elapsed:>10}  {q.reason}")
+
+    def _cmd_panel(self, rest: str) -> Any:
+        from .widgets import Panel
+
+        return Panel()
+
+
+def _kernel_id() -> str:
+    try:
+        from ipykernel import get_connection_file
+
+        name = os.path.basename(get_connection_file())
+        return name.removeprefix("kernel-").removesuffix(".json")
+    except Exception:
+        return f"pid-{os.getpid()}"
+
+
+def _progress_factory() -> Any:
+    """Progress bars for large uploads (a text bar on stderr)."""
+
+    class TextProgress:
+        def __init__(self, total: int, label: str):
+            self.total, self.label, self.done = total, label, 0
+            self.t0 = time.time()
+            self.last = 0.0
+
+        def update(self, n: int) -> None:
+            self.done += n
+            now = time.time()
+            if now - self.last > 0.5 or self.done >= self.total:
+                self.last = now
+                frac = self.done / self.total if self.total else 1
+                rate = self.done / max(now - self.t0, 1e-6) / 2**20
+                bar = "#" * int(frac * 30)
+                sys.stderr.write(f"\r{self.label}: [{bar:<30}] {frac:4.0%} {rate:6.1f} MiB/s")
+                sys.stderr.flush()
+
+        def close(self) -> None:
+            sys.stderr.write("\n")
+
+    return TextProgress

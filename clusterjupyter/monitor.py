@@ -1,0 +1,248 @@
+"""One poller per backend: notices state changes of all its active jobs without blocking the kernel.
+
+Each tick it checks the jobs' ``started.json``/``state.json`` files through the transport (the
+completion watch: a finished job is noticed within one tick, not at the next slow scheduler
+query) and, less often, asks the scheduler about **all** active jobs in one call (queue reasons,
+deaths the runner could not report). Intervals adapt: fast while a cell waits or a job is young,
+slower for long-running jobs. Changes go to the journal and to listeners.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from .journal import JobRecord
+from .schedulers.base import NativeStatus, final_state
+from .states import JobState
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+log = logging.getLogger(__name__)
+Listener = Callable[[JobRecord], None]
+
+#: seconds without scheduler or exit-file news before a vanished job is declared lost
+VANISH_GRACE = 5.0
+
+
+@dataclass
+class _Tracked:
+    record: JobRecord
+    listeners: list[Listener] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    waiters: int = 0
+    native: NativeStatus | None = None
+    vanished_at: float | None = None
+    cancel_requested: bool = False
+    since: float = field(default_factory=time.time)
+
+
+class Monitor:
+    """Watches the active jobs of one backend from a daemon thread."""
+
+    def __init__(self, backend: "Backend"):
+        self.backend = backend
+        self._jobs: dict[str, _Tracked] = {}
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._global_listeners: list[Listener] = []
+        self._next_query = 0.0
+        self._query_interval = backend.scheduler.poll_interval
+        self.last_error: str = ""
+
+    # -- public -----------------------------------------------------------------------------
+    def track(self, record: JobRecord, listener: Listener | None = None) -> threading.Event:
+        """Watch ``record`` until it is final; returns an event set when it is."""
+        with self._lock:
+            t = self._jobs.get(record.id)
+            if t is None:
+                t = self._jobs[record.id] = _Tracked(record)
+                self._next_query = 0.0
+                self._query_interval = self.backend.scheduler.poll_interval
+            if listener is not None:
+                t.listeners.append(listener)
+            if record.state.final:
+                t.done.set()
+            self._lock.notify_all()
+            self._ensure_thread()
+            return t.done
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called (from the monitor thread) for every state change of every job."""
+        self._global_listeners.append(listener)
+
+    def waiting(self, job_id: str, on: bool) -> None:
+        """A cell blocks on this job: watch it closely."""
+        with self._lock:
+            t = self._jobs.get(job_id)
+            if t is not None:
+                t.waiters += 1 if on else -1
+                self._lock.notify_all()
+
+    def cancel_requested(self, job_id: str) -> None:
+        with self._lock:
+            t = self._jobs.get(job_id)
+            if t is not None:
+                t.cancel_requested = True
+                self._next_query = 0.0
+                self._lock.notify_all()
+
+    def active(self) -> list[JobRecord]:
+        with self._lock:
+            return [t.record for t in self._jobs.values()]
+
+    def poll_once(self) -> None:
+        """One tick, synchronously (also used by ``%cluster jobs`` for untracked jobs)."""
+        self._tick(force_query=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name=f"clusterjupyter-monitor-{self.backend.name}")
+            self._thread.start()
+
+    def _interval(self) -> float:
+        fast = self.backend.watch_interval
+        with self._lock:
+            if any(t.waiters for t in self._jobs.values()):
+                young = fast
+            else:
+                young = fast * 4
+            ages = [time.time() - t.since for t in self._jobs.values()]
+        if not ages:
+            return 1.0
+        age = min(ages)
+        # fast for young jobs, easing off to a few seconds for long ones
+        return min(max(young, age / 20), 5.0 if young > fast else 1.0)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs:
+                    if not self._lock.wait(timeout=60):
+                        self._thread = None
+                        return
+            try:
+                self._tick()
+                self.last_error = ""
+            except Exception as e:  # a failing poll must not kill the monitor
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("clusterjupyter monitor (%s): %s", self.backend.name, self.last_error)
+                time.sleep(1.0)
+            with self._lock:
+                self._lock.wait(timeout=self._interval())
+
+    def _tick(self, force_query: bool = False) -> None:
+        with self._lock:
+            tracked = list(self._jobs.values())
+        if not tracked:
+            return
+        backend = self.backend
+        files = []
+        for t in tracked:
+            paths = backend.paths(t.record)
+            files += [paths.started, paths.state]
+        present = backend.transport.existing(files)
+        now = time.time()
+        query = force_query or now >= self._next_query
+        natives: dict[str, NativeStatus] = {}
+        ids = [(t.record.native_id, t.record.id) for t in tracked if t.record.native_id]
+        needs_native = [t for t in tracked if backend.paths(t.record).state in present
+                        and t.native is None]
+        if (query or needs_native) and ids:
+            natives = backend.scheduler.status([i[0] for i in ids], [i[1] for i in ids])
+            for t in tracked:
+                t.native = natives.get(t.record.native_id or "", None)
+            self._query_interval = min(self._query_interval * 1.5, 30.0)
+            self._next_query = now + self._query_interval
+        for t in tracked:
+            paths = backend.paths(t.record)
+            if paths.state in present:
+                self._finish(t, self._read_state(paths.state))
+                continue
+            rec = t.record
+            changes: dict = {}
+            if paths.started in present and rec.state is JobState.PENDING:
+                changes.update(state=JobState.RUNNING, reason="", started=self._started_at(t))
+            if query and rec.native_id:
+                native = natives.get(rec.native_id)
+                if native is None:
+                    t.vanished_at = t.vanished_at or now
+                    if now - t.vanished_at > VANISH_GRACE:
+                        # gone from the scheduler and no exit file appeared: look once more
+                        if paths.state in backend.transport.existing([paths.state]):
+                            self._finish(t, self._read_state(paths.state))
+                        else:
+                            self._finish(t, None)
+                        continue
+                else:
+                    t.vanished_at = None
+                    if native.state.final and native.state is not JobState.COMPLETED:
+                        # killed before the runner could write (timeout, OOM, node failure …)
+                        if now - t.since > 1 and paths.state not in \
+                                backend.transport.existing([paths.state]):
+                            self._finish(t, None)
+                            continue
+                    elif native.state is JobState.PENDING and rec.state is JobState.PENDING:
+                        if native.reason != rec.reason:
+                            changes["reason"] = native.reason
+                    elif native.state is JobState.RUNNING and rec.state is JobState.PENDING \
+                            and "state" not in changes:
+                        changes.update(state=JobState.RUNNING, reason="",
+                                       started=rec.started or now, host=native.host)
+            if changes:
+                self._change(t, **changes)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _read_state(self, path: str) -> dict | None:
+        try:
+            return json.loads(self.backend.transport.read(path))
+        except (OSError, ValueError):
+            return None
+
+    def _started_at(self, t: _Tracked) -> float:
+        try:
+            doc = json.loads(self.backend.transport.read(self.backend.paths(t.record).started))
+            return float(doc.get("time", time.time()))
+        except (OSError, ValueError):
+            return time.time()
+
+    def _change(self, t: _Tracked, **changes: object) -> None:
+        self.backend.journal.update(t.record.id, **changes)
+        for k, v in changes.items():
+            setattr(t.record, k, v)
+        self._emit(t)
+
+    def _finish(self, t: _Tracked, runner: dict | None) -> None:
+        if runner is not None and not runner.get("state", "").startswith("complet") \
+                and t.native is None and t.record.native_id:
+            # ask the scheduler why the runner stopped (timeout? out of memory?)
+            t.native = self.backend.scheduler.status([t.record.native_id],
+                                                     [t.record.id]).get(t.record.native_id)
+        state, reason, code = final_state(runner, t.native, t.cancel_requested)
+        rec = t.record
+        changes: dict = {"state": state, "reason": reason, "exit_code": code,
+                         "finished": (runner or {}).get("finished") or time.time()}
+        if runner is not None:
+            changes["host"] = runner.get("host", rec.host)
+            changes["started"] = runner.get("started") or rec.started
+            if not runner.get("internal") and state is not JobState.CANCELLED \
+                    and self.backend.has_result(rec):
+                changes["result_status"] = "available"
+        self._change(t, **changes)
+        with self._lock:
+            self._jobs.pop(rec.id, None)
+        t.done.set()
+
+    def _emit(self, t: _Tracked) -> None:
+        for listener in [*t.listeners, *self._global_listeners]:
+            try:
+                listener(t.record)
+            except Exception:
+                log.exception("clusterjupyter job listener failed")

@@ -1,0 +1,179 @@
+"""Kernel side of the payload: inputs into signed blobs, results back into values.
+
+:func:`pack_inputs` pickles every captured value *before* anything is submitted, so a value that
+cannot travel is named in a :class:`~clusterjupyter.errors.CaptureError` and nothing is lost.
+:func:`load_result` verifies the runner's signed result and every returned blob before
+unpickling it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import serialize
+from .capture import Captured
+from .errors import CaptureError, RemoteError, RemoteTraceback
+from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
+from .runner import EXCEPTION_KEY, RESULT_KEY
+
+Opener = Callable[[str], Any]
+
+
+@dataclass
+class Packed:
+    blobs: dict[str, serialize.Blob]
+    modules: dict[str, str]
+    skipped: dict[str, str] = field(default_factory=dict)   # optional inputs left behind
+
+    @property
+    def total_size(self) -> int:
+        return sum(b.size for b in self.blobs.values())
+
+
+def pack_inputs(captured: Captured, namespace: dict, main: types.ModuleType) -> Packed:
+    """Pickle the inputs; notebook classes they use are added as inputs of their own."""
+    referenced: set[str] = set()
+    plain_ref = serialize.main_class_ref(namespace)
+
+    def class_ref(cls: type) -> str | None:
+        name = plain_ref(cls)
+        if name is not None:
+            referenced.add(name)
+        return name
+
+    opts = serialize.DumpOptions(main=main, class_ref=class_ref)
+    blobs: dict[str, serialize.Blob] = {}
+    problems: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    todo = list(captured.values)
+    while todo:
+        name = todo.pop(0)
+        if name in blobs or name in problems or name in skipped:
+            continue
+        value = captured.values.get(name, namespace.get(name))
+        try:
+            blobs[name] = serialize.dump(value, opts)
+        except Exception as e:
+            why = f"{type(value).__name__} cannot be pickled ({type(e).__name__}: {e})"
+            if name in captured.optional:
+                skipped[name] = why
+            else:
+                problems[name] = why
+            continue
+        todo.extend(sorted(referenced - set(blobs)))
+    if problems:
+        raise CaptureError(problems)
+    return Packed(blobs=blobs, modules=dict(captured.modules), skipped=skipped)
+
+
+@dataclass
+class JobResult:
+    """What a finished job sent back, verified and unpickled."""
+
+    job_id: str
+    values: dict[str, Any] = field(default_factory=dict)
+    value: Any = None
+    has_value: bool = False
+    value_bundle: dict | None = None       # mime bundle when the value itself did not pickle
+    exception: BaseException | None = None
+    unpicklable: dict[str, str] = field(default_factory=dict)
+    unloadable: dict[str, str] = field(default_factory=dict)
+    mutated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> dict[str, str]:
+        return {**self.unpicklable, **self.unloadable}
+
+
+def _rebuild_exception(payload: Any, info: dict) -> BaseException:
+    exc = payload.get("exception") if isinstance(payload, dict) else None
+    if not isinstance(exc, BaseException):
+        return RemoteError(info.get("type", "Exception"), info.get("message", ""),
+                           info.get("traceback", ""))
+    tb_dict = payload.get("traceback")
+    if tb_dict:
+        try:
+            from tblib import Traceback
+
+            # the remote frames become the exception's own traceback: shown like a local one
+            return exc.with_traceback(Traceback.from_dict(tb_dict).as_traceback())
+        except Exception:
+            pass
+    text = info.get("traceback", "")
+    if text and exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
+                main: types.ModuleType) -> JobResult:
+    """Read, verify and unpickle a job's result through ``opener`` (a transport's ``open``)."""
+    with opener(paths.result) as f:
+        data = f.read()
+    with opener(paths.result_sig) as f:
+        sig = f.read()
+    doc = verify_document(key, "result", data, sig)
+    if doc.get("job_id") != paths.job_id:
+        raise IntegrityError("result belongs to another job")
+    result = JobResult(job_id=paths.job_id, unpicklable=dict(doc.get("unpicklable", {})),
+                       mutated=list(doc.get("mutated", [])), deleted=list(doc.get("deleted", [])),
+                       value_bundle=doc.get("result_bundle"))
+    for name, entry in doc.get("values", {}).items():
+        try:
+            if "module" in entry:
+                value = __import__(entry["module"], fromlist=["_"])
+            else:
+                check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
+                digest = hashlib.sha256()
+                with opener(paths.outputs + "/" + entry["file"]) as f:
+                    raw, buffers = serialize.read_blob(f, digest)
+                if digest.hexdigest() != entry["sha256"]:
+                    raise IntegrityError(f"output {name!r} was altered")
+                value = serialize._Unpickler(io.BytesIO(raw), main, namespace, buffers).load()
+        except IntegrityError:
+            raise
+        except Exception as e:
+            result.unloadable[name] = f"cannot be loaded here ({type(e).__name__}: {e})"
+            continue
+        if name == RESULT_KEY:
+            result.value, result.has_value = value, True
+        elif name == EXCEPTION_KEY:
+            result.exception = _rebuild_exception(value, doc.get("exception", {}))
+        else:
+            result.values[name] = value
+    if "exception" in doc and result.exception is None:
+        info = doc["exception"]
+        result.exception = RemoteError(info.get("type", "Exception"), info.get("message", ""),
+                                       info.get("traceback", ""))
+    if RESULT_KEY in result.unpicklable or RESULT_KEY in result.unloadable:
+        result.unpicklable.pop(RESULT_KEY, None)
+        result.unloadable.pop(RESULT_KEY, None)
+        if result.value_bundle is None:
+            result.value_bundle = {"text/plain": "(the cell's value could not be sent back)"}
+    return result
+
+
+def manifest_doc(job_id: str, name: str, source: str, has_result: bool, packed: Packed,
+                 key: bytes, deleted: list[str], outputs: list[str]) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "job_id": job_id,
+        "name": name,
+        "cell": source,
+        "has_result": has_result,
+        "inputs": {n: {"sha256": b.sha256, "size": b.size,
+                       "mac": blob_mac(key, job_id, b.sha256)} for n, b in packed.blobs.items()},
+        "modules": packed.modules,
+        "deleted": deleted,
+        "outputs": outputs,
+    }
+
+
+def dumps_json(doc: dict) -> bytes:
+    return json.dumps(doc).encode()

@@ -1,0 +1,72 @@
+"""The built-in local scheduler: the runner as a detached process on the transport's machine.
+
+With the local transport this is "run on my own machine"; with the SSH transport it is "run on
+that host directly" (a profile with no batch scheduler). It goes through the same job directory,
+runner and exit file as every batch scheduler.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Sequence
+
+from ..states import JobState
+from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
+
+
+class LocalScheduler(Scheduler):
+    name = "local"
+    poll_interval = 1.0
+
+    def directives(self, spec: JobSpec) -> list[str]:
+        return []
+
+    def wrap(self, spec: JobSpec) -> str:
+        res = spec.resources
+        words = []
+        if res.mem:
+            # a process that asks for more than --mem gets a MemoryError (reported as OOM)
+            words.append(f"sh -c 'ulimit -v {int(res.mem) * 1024} && exec \"$@\"' sh ")
+        if res.time:
+            words.append(f"timeout --signal=TERM --kill-after=10 {int(res.time)} ")
+        return "".join(words)
+
+    def submit(self, spec: JobSpec) -> str:
+        return self.transport.spawn(["sh", spec.paths.script], spec.paths.scheduler_log)
+
+    def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
+        if not native_ids:
+            return {}
+        done = self.call(["ps", "-o", "pid=", "-o", "args=", "-p", ",".join(native_ids)],
+                         check=False)
+        alive = {}
+        for line in done.stdout.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            alive[pid] = args
+        out = {}
+        for native_id, job_id in zip(native_ids, job_ids):
+            # the pid must still be our job's shell (pids are reused)
+            if native_id in alive and job_id in alive[native_id]:
+                out[native_id] = NativeStatus(JobState.RUNNING, native="running")
+        return out
+
+    def cancel(self, native_ids: Sequence[str]) -> None:
+        # the job runs in its own session: signal the whole process group
+        for pid in native_ids:
+            self.transport.shell(
+                'kill -TERM -- "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; '
+                '(sleep 10; kill -KILL -- "-$1" 2>/dev/null) >/dev/null 2>&1 &',
+                pid, check=False)
+
+    def queue(self, all_users: bool = False) -> list[QueueEntry]:
+        done = self.call(["ps", "-eo", "pid=,etime=,user=,args="], check=False)
+        out = []
+        for line in done.stdout.splitlines():
+            parts = line.split(None, 3)
+            if len(parts) == 4 and parts[3].split()[0].rsplit("/", 1)[-1].startswith("python") \
+                    and "clusterjupyter.runner" in parts[3]:
+                job_dir = shlex.split(parts[3])[-1] if parts[3] else ""
+                out.append(QueueEntry(native_id=parts[0], name=job_dir.rsplit("/", 1)[-1][:8],
+                                      user=parts[2], state=JobState.RUNNING, native="running",
+                                      elapsed=parts[1]))
+        return out

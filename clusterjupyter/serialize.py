@@ -1,0 +1,258 @@
+"""Object serialization for job payloads and results.
+
+A *blob* is one pickled value in a small framed format that keeps large buffers (numpy arrays,
+bytes-like objects) out of band, so pickling a 1 GiB array neither copies it in memory nor holds a
+second 1 GiB ``bytes`` object::
+
+    b"CJB1" | u32 nbuf | u64 len(pickle) | u64 len(buffer_i) * nbuf | pickle | buffer_0 | ...
+
+Values are pickled with the C pickler when possible and with dill when the value involves something
+the C pickler would get wrong: functions and classes defined in the notebook (``__main__``) travel by
+value. Classes that already exist on the receiving side under the same name in ``__main__`` are sent
+as references (persistent ids), so an instance of a notebook class comes back as an instance of the
+kernel's own class and ``isinstance`` keeps working.
+
+This module is imported by the runner: it depends on the standard library only, and imports dill
+lazily, the first time a value needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import struct
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Iterator
+
+MAGIC = b"CJB1"
+_HEAD = struct.Struct("<4sIQ")
+PROTOCOL = 5
+_MAIN_CLASS = "main-class"
+
+ClassRef = Callable[[type], "str | None"]
+
+
+class _NeedDill(Exception):
+    """Raised inside the C pickler when a value must be pickled by dill."""
+
+
+def _is_main(obj: Any) -> bool:
+    return getattr(obj, "__module__", None) == "__main__"
+
+
+def main_class_ref(namespace: dict) -> ClassRef:
+    """Return a function naming a ``__main__`` class that also lives in ``namespace``."""
+
+    def ref(cls: type) -> str | None:
+        name = getattr(cls, "__qualname__", "")
+        if _is_main(cls) and "." not in name and namespace.get(name) is cls:
+            return name
+        return None
+
+    return ref
+
+
+class _FastPickler(pickle.Pickler):
+    def __init__(self, file: BinaryIO, class_ref: ClassRef | None, root: Any, **kw: Any):
+        super().__init__(file, protocol=PROTOCOL, **kw)
+        self._class_ref = class_ref
+        self._root = root
+
+    def persistent_id(self, obj: Any) -> Any:
+        if self._class_ref is not None and isinstance(obj, type) and obj is not self._root:
+            name = self._class_ref(obj)
+            if name is not None:
+                return (_MAIN_CLASS, name)
+        return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)) and _is_main(obj):
+            raise _NeedDill
+        if isinstance(obj, types.CodeType):
+            raise _NeedDill
+        return NotImplemented
+
+
+def _dill_pickler(file: BinaryIO, main: types.ModuleType, class_ref: ClassRef | None, root: Any,
+                  **kw: Any) -> pickle.Pickler:
+    import dill
+
+    class DillPickler(dill.Pickler):  # type: ignore[misc]
+        def persistent_id(self, obj: Any) -> Any:
+            if class_ref is not None and isinstance(obj, type) and obj is not root:
+                name = class_ref(obj)
+                if name is not None:
+                    return (_MAIN_CLASS, name)
+            return None
+
+    p = DillPickler(file, protocol=PROTOCOL, recurse=False, byref=False, **kw)
+    # Globals of notebook functions are the namespace of ``__main__``; dill writes them as a
+    # reference to whatever ``_main`` is, so point it at the namespace the value comes from.
+    p._main = main
+    return p
+
+
+@dataclass
+class Blob:
+    """A pickled value ready to be written: header, pickle stream and out-of-band buffers."""
+
+    parts: list[memoryview]
+    sha256: str
+    size: int
+    used_dill: bool = False
+
+    def chunks(self, chunk_size: int = 4 << 20) -> Iterator[memoryview]:
+        """Yield the bytes of the blob in slices of at most ``chunk_size`` (no copies)."""
+        for part in self.parts:
+            for start in range(0, len(part), chunk_size):
+                yield part[start:start + chunk_size]
+
+    def write_to(self, f: BinaryIO) -> None:
+        for chunk in self.chunks():
+            f.write(chunk)
+
+
+@dataclass
+class DumpOptions:
+    main: types.ModuleType = field(default_factory=lambda: sys.modules["__main__"])
+    class_ref: ClassRef | None = None
+
+
+def dump(obj: Any, options: DumpOptions | None = None) -> Blob:
+    """Pickle ``obj`` into a :class:`Blob`; raise the pickling error if it cannot be pickled."""
+    opts = options or DumpOptions()
+    buffers: list[pickle.PickleBuffer] = []
+    stream = io.BytesIO()
+    used_dill = False
+    try:
+        _FastPickler(stream, opts.class_ref, obj, buffer_callback=buffers.append).dump(obj)
+    except _NeedDill:
+        used_dill = True
+        buffers.clear()
+        stream = io.BytesIO()
+        _dill_pickler(stream, opts.main, opts.class_ref, obj,
+                      buffer_callback=buffers.append).dump(obj)
+    views = [b.raw() for b in buffers]
+    data = stream.getbuffer()
+    head = _HEAD.pack(MAGIC, len(views), len(data)) + b"".join(
+        struct.pack("<Q", v.nbytes) for v in views)
+    parts = [memoryview(head), data, *views]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return Blob(parts=parts, sha256=digest.hexdigest(), size=sum(p.nbytes for p in parts),
+                used_dill=used_dill)
+
+
+def dumps(obj: Any, options: DumpOptions | None = None) -> bytes:
+    blob = dump(obj, options)
+    return b"".join(bytes(p) for p in blob.parts)
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, main: types.ModuleType, namespace: dict | None,
+                 buffers: list) -> None:
+        super().__init__(file, buffers=buffers)
+        self._main = main
+        self._namespace = namespace if namespace is not None else main.__dict__
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("__builtin__", "__main__"):
+            return self._main.__dict__
+        if module.startswith("dill"):
+            import dill  # noqa: F401  (registers dill's reconstructors)
+            if module == "dill.dill":
+                module = "dill._dill"
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, name = pid
+        if kind != _MAIN_CLASS:
+            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+        try:
+            return self._namespace[name]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"class {name!r} is not defined in the receiving namespace") from None
+
+
+def read_blob(f: BinaryIO, digest: Any = None) -> tuple[bytes, list[bytearray]]:
+    """Read the framed blob from ``f``: the pickle stream and writable buffers.
+
+    If ``digest`` (a hashlib object) is given, every byte of the blob is fed to it, and the blob
+    must end where its header says it ends.
+    """
+    digest = digest if digest is not None else _NoDigest()
+    head = f.read(_HEAD.size)
+    digest.update(head)
+    if len(head) != _HEAD.size:
+        raise pickle.UnpicklingError("truncated blob")
+    magic, nbuf, plen = _HEAD.unpack(head)
+    if magic != MAGIC:
+        raise pickle.UnpicklingError("not a clusterjupyter blob")
+    table = f.read(8 * nbuf)
+    digest.update(table)
+    sizes = struct.unpack(f"<{nbuf}Q", table) if nbuf else ()
+    data = f.read(plen)
+    if len(data) != plen:
+        raise pickle.UnpicklingError("truncated blob")
+    digest.update(data)
+    buffers = []
+    for size in sizes:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                raise pickle.UnpicklingError("truncated blob")
+            got += n
+        digest.update(view)
+        buffers.append(buf)
+    if not isinstance(digest, _NoDigest) and f.read(1):
+        raise pickle.UnpicklingError("blob has trailing data")
+    return data, buffers
+
+
+class _NoDigest:
+    def update(self, b: Any) -> None:
+        pass
+
+
+def load(f: BinaryIO, main: types.ModuleType | None = None,
+         namespace: dict | None = None) -> Any:
+    """Unpickle a blob. Only call this on data whose signature has been verified."""
+    data, buffers = read_blob(f)
+    main = main if main is not None else sys.modules["__main__"]
+    return _Unpickler(io.BytesIO(data), main, namespace, buffers).load()
+
+
+def loads(data: bytes, main: types.ModuleType | None = None,
+          namespace: dict | None = None) -> Any:
+    return load(io.BytesIO(data), main, namespace)
+
+
+class HashingWriter:
+    """File-like sink that only hashes what is written (for fingerprints without storage)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def write(self, b: Any) -> int:
+        self.digest.update(b)
+        return len(b)
+
+
+def state_digest(obj: Any, options: DumpOptions | None = None) -> str | None:
+    """A digest of ``obj``'s pickled state, or None if it cannot be pickled.
+
+    Used to notice in-place mutation: compare the digest before and after the cell, in the same
+    process (pickles of sets and dicts are stable within one process).
+    """
+    try:
+        return dump(obj, options).sha256
+    except Exception:
+        return None

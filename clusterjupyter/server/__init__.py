@@ -1,0 +1,40 @@
+"""Jupyter server extension: authenticated REST routes over the journal, profiles, logs and cancel.
+
+Routes (under the server's ``base_url``)::
+
+    GET  /clusterjupyter/jobs?state=pending,running&profile=NAME&limit=N   {"jobs": [...]}
+    GET  /clusterjupyter/jobs/<ref>                                         one job
+    GET  /clusterjupyter/jobs/<ref>/logs?stream=stdout&tail=200             {"text": ...}
+    POST /clusterjupyter/jobs/<ref>/cancel                                  the updated job
+    GET  /clusterjupyter/profiles                                           {"profiles": [...]}
+
+The routes only read the journal and files that the backends return as text; nothing is
+unpickled here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .handlers import route_table
+
+#: npm name of the JupyterLab sidebar (the folder it is installed under in share/jupyter/labextensions).
+LABEXTENSION_NAME = "clusterjupyter-labextension"
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """Tell Jupyter server which module holds ``_load_jupyter_server_extension``."""
+    return [{"module": "clusterjupyter.server"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the built sidebar lives, relative to the ``clusterjupyter`` package."""
+    return [{"src": "labextension", "dest": LABEXTENSION_NAME}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Register the routes on the running server."""
+    web_app = serverapp.web_app
+    base_url = web_app.settings["base_url"]
+    web_app.add_handlers(".*$", route_table(base_url))
+    serverapp.log.info("clusterjupyter: server extension loaded at %sclusterjupyter/", base_url)

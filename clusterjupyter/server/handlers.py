@@ -1,0 +1,144 @@
+"""REST handlers of the server extension.
+
+Every verb requires Jupyter's authentication; ``POST`` is also covered by Jupyter's XSRF check
+(``APIHandler``). Library calls run in a worker thread, because the journal may wait on a lock and
+logs and cancel may go over SSH; the server's event loop never blocks on them.
+
+Errors are JSON bodies ``{"message": ..., "reason": ...}`` (Jupyter's ``APIHandler`` format):
+404 for an unknown job, 400 for a bad parameter (the message lists the valid values), 502 when the
+cluster could not be reached or refused the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Callable, TypeVar
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from .. import api
+from ..errors import ClusterError
+from ..journal import JobRecord
+from ..states import JobState
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 10000
+DEFAULT_TAIL = 200
+
+
+def _error(status: int, message: str) -> web.HTTPError:
+    # the message travels as an argument so that a "%" in it is never read as a format
+    return web.HTTPError(status, "%s", message)
+
+
+class _Handler(APIHandler):
+    """Shared helpers: run library calls off the event loop, parse parameters, reply JSON."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.args:
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": exc.log_message % exc.args, "reason": exc.reason}))
+        else:
+            super().write_error(status_code, **kwargs)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except ClusterError as exc:
+            raise _error(502, str(exc)) from exc
+
+    async def _job(self, ref: str) -> JobRecord:
+        try:
+            return await asyncio.to_thread(api.get_job, ref)
+        except KeyError:
+            raise _error(404, f"no job {ref!r}") from None
+
+    def _int_arg(self, name: str, default: int, low: int, high: int | None = None) -> int:
+        text = self.get_argument(name, "")
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            upper = f" and {high}" if high is not None else " or more"
+            raise _error(400, f"{name} must be an integer between {low}{upper}, "
+                                     f"got {text!r}")
+        return value
+
+    def _reply(self, data: dict[str, Any]) -> None:
+        self.finish(json.dumps(data))
+
+
+class JobsHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        states: list[str] = []
+        for value in self.get_arguments("state"):
+            states.extend(s for s in value.split(",") if s.strip())
+        try:
+            parsed = tuple(JobState.parse(s).value for s in states)
+        except ValueError as exc:
+            raise _error(400, str(exc)) from None
+        profile = self.get_argument("profile", "") or None
+        limit = self._int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        jobs = await self._run(api.list_jobs, parsed or None, profile, limit)
+        self._reply({"jobs": [job.to_json() for job in jobs]})
+
+
+class JobHandler(_Handler):
+    @web.authenticated
+    async def get(self, ref: str) -> None:
+        job = await self._job(ref)
+        self._reply(job.to_json())
+
+
+class LogsHandler(_Handler):
+    @web.authenticated
+    async def get(self, ref: str) -> None:
+        stream = self.get_argument("stream", "stdout")
+        if stream not in api.LOG_STREAMS:
+            raise _error(400, f"unknown log stream {stream!r}; valid streams: "
+                                     f"{', '.join(api.LOG_STREAMS)}")
+        tail_text = self.get_argument("tail", "")
+        # tail=0 or tail=all: the whole log
+        tail: int | None = None if tail_text in ("0", "all") else self._int_arg(
+            "tail", DEFAULT_TAIL, 1)
+        job = await self._job(ref)
+        text = await self._run(api.job_logs, job.id, stream, tail)
+        self._reply({"id": job.id, "stream": stream, "tail": tail, "state": job.state.value,
+                     "text": text})
+
+
+class CancelHandler(_Handler):
+    @web.authenticated
+    async def post(self, ref: str) -> None:
+        job = await self._job(ref)
+        updated = await self._run(api.cancel_job, job.id)
+        self._reply(updated.to_json())
+
+
+class ProfilesHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        self._reply({"profiles": await self._run(api.list_profiles)})
+
+
+def route_table(base_url: str) -> list[tuple[str, type[APIHandler]]]:
+    """The extension's URL patterns under ``base_url``."""
+    root = url_path_join(base_url, "clusterjupyter")
+    job = r"/jobs/(?P<ref>[^/]+)"
+    return [
+        (url_path_join(root, "jobs") + "/?", JobsHandler),
+        (root + job + "/?", JobHandler),
+        (root + job + "/logs/?", LogsHandler),
+        (root + job + "/cancel/?", CancelHandler),
+        (url_path_join(root, "profiles") + "/?", ProfilesHandler),
+    ]

@@ -1,0 +1,79 @@
+"""This machine as a transport: the filesystem and subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from typing import IO, Iterable, Sequence
+
+from ..jobdir import write_atomic
+from ..serialize import Blob
+from .base import Completed, Progress, Transport
+
+
+class LocalTransport(Transport):
+    where = "this machine"
+
+    def _run(self, argv: Sequence[str], input: bytes | None, timeout: float | None) -> Completed:
+        try:
+            p = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout)
+        except FileNotFoundError as e:
+            return Completed(list(argv), 127, "", f"{argv[0]}: command not found ({e})")
+        return Completed(list(argv), p.returncode, p.stdout.decode(errors="replace"),
+                         p.stderr.decode(errors="replace"))
+
+    def spawn(self, argv: Sequence[str], log_path: str) -> str:
+        with open(log_path, "ab") as log:
+            p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True, close_fds=True)
+        # reap it when it ends so it does not linger as a zombie while the kernel lives
+        threading.Thread(target=p.wait, daemon=True, name=f"reap-{p.pid}").start()
+        return str(p.pid)
+
+    def expand(self, path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    def makedirs(self, path: str, mode: int = 0o700) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+    def existing(self, paths: Iterable[str]) -> set[str]:
+        return {p for p in paths if os.path.exists(p)}
+
+    def sizes(self, paths: Iterable[str]) -> dict[str, int]:
+        out = {}
+        for p in paths:
+            try:
+                out[p] = os.stat(p).st_size
+            except OSError:
+                pass
+        return out
+
+    def write(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        write_atomic(path, data, mode)
+
+    def put_blob(self, blob: Blob, path: str, progress: Progress | None = None) -> None:
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in blob.chunks():
+                    f.write(chunk)
+                    if progress is not None:
+                        progress.update(len(chunk))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def open(self, path: str) -> IO[bytes]:
+        return open(path, "rb")
+
+    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
