@@ -237,11 +237,10 @@ class Backend:
 
     def refresh(self, records: list[JobRecord]) -> None:
         """Bring active records up to date (jobs no monitor in this process is watching)."""
-        mine = {r.id for r in self.monitor.active()}
-        new = [r for r in records if r.id not in mine and not r.state.final]
-        for r in new:
+        active = [r for r in records if not r.state.final]
+        for r in active:
             self.monitor.track(r)
-        if new:
+        if active:
             self.monitor.poll_once()
 
 

@@ -131,9 +131,20 @@ class _Walker(ast.NodeVisitor):
             self.visit(n)
         self.branch_depth -= 1
 
+    def _targets(self, node: ast.AST) -> set[str]:
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
-        self._branch([node.target, *node.body, *node.orelse])
+        self.branch_depth += 1
+        self.visit(node.target)
+        # inside the body the loop variables are bound; after the loop maybe not
+        names = self._targets(node.target) - self.bound
+        self.bound |= names
+        for n in [*node.body, *node.orelse]:
+            self.visit(n)
+        self.bound -= names
+        self.branch_depth -= 1
 
     visit_AsyncFor = visit_For
 
@@ -155,10 +166,20 @@ class _Walker(ast.NodeVisitor):
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
         if node.type is not None:
             self.visit(node.type)
-        if node.name:
-            self.store(node.name)
+        if not node.name:
+            for n in node.body:
+                self.visit(n)
+            return
+        # the name is bound inside the handler and unbound by Python when it ends
+        had = node.name in self.stores
+        was_bound = node.name in self.bound
+        self.bound.add(node.name)
         for n in node.body:
             self.visit(n)
+        if not was_bound:
+            self.bound.discard(node.name)
+        if not had:
+            self.stores.pop(node.name, None)
 
     def visit_Match(self, node: ast.AST) -> None:
         self.visit(node.subject)  # type: ignore[attr-defined]

@@ -49,6 +49,7 @@ class Monitor:
         self.backend = backend
         self._jobs: dict[str, _Tracked] = {}
         self._lock = threading.Condition()
+        self._tick_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._global_listeners: list[Listener] = []
         self._next_query = 0.0
@@ -139,6 +140,10 @@ class Monitor:
                 self._lock.wait(timeout=self._interval())
 
     def _tick(self, force_query: bool = False) -> None:
+        with self._tick_lock:
+            self._tick_locked(force_query)
+
+    def _tick_locked(self, force_query: bool) -> None:
         with self._lock:
             tracked = list(self._jobs.values())
         if not tracked:

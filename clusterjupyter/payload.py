@@ -8,8 +8,6 @@ unpickling it.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import types
 from dataclasses import dataclass, field
@@ -124,18 +122,43 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
     result = JobResult(job_id=paths.job_id, unpicklable=dict(doc.get("unpicklable", {})),
                        mutated=list(doc.get("mutated", [])), deleted=list(doc.get("deleted", [])),
                        value_bundle=doc.get("result_bundle"))
-    for name, entry in doc.get("values", {}).items():
+    entries = doc.get("values", {})
+    loaded: dict[str, Any] = {}
+
+    def load(name: str) -> Any:
+        """Load one returned value (verified first); classes it references load first."""
+        if name in loaded:
+            return loaded[name]
+        entry = entries[name]
+        if "module" in entry:
+            value = __import__(entry["module"], fromlist=["_"])
+        else:
+            check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
+            with opener(paths.outputs + "/" + entry["file"]) as f:
+                try:
+                    value = serialize.load(f, main, resolve, expect_sha256=entry["sha256"])
+                except serialize.BlobMismatch:
+                    raise IntegrityError(f"output {name!r} was altered; refusing to unpickle "
+                                         "it") from None
+        loaded[name] = value
+        return value
+
+    def resolve(name: str) -> Any:
+        # a class the cell defined comes with the result; otherwise it is the kernel's own
+        if name in entries:
+            return load(name)
         try:
-            if "module" in entry:
-                value = __import__(entry["module"], fromlist=["_"])
-            else:
-                check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
-                digest = hashlib.sha256()
-                with opener(paths.outputs + "/" + entry["file"]) as f:
-                    raw, buffers = serialize.read_blob(f, digest)
-                if digest.hexdigest() != entry["sha256"]:
-                    raise IntegrityError(f"output {name!r} was altered")
-                value = serialize._Unpickler(io.BytesIO(raw), main, namespace, buffers).load()
+            return namespace[name]
+        except KeyError:
+            raise LookupError(f"class {name!r} is not defined in this kernel") from None
+
+    # verify every signature before unpickling anything
+    for name, entry in entries.items():
+        if "module" not in entry:
+            check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
+    for name in entries:
+        try:
+            value = load(name)
         except IntegrityError:
             raise
         except Exception as e:
@@ -151,6 +174,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
         info = doc["exception"]
         result.exception = RemoteError(info.get("type", "Exception"), info.get("message", ""),
                                        info.get("traceback", ""))
+    for bucket in (result.unpicklable, result.unloadable):
+        bucket.pop(EXCEPTION_KEY, None)  # replaced by a RemoteError above
     if RESULT_KEY in result.unpicklable or RESULT_KEY in result.unloadable:
         result.unpicklable.pop(RESULT_KEY, None)
         result.unloadable.pop(RESULT_KEY, None)

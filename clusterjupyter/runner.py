@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import builtins
 import hashlib
+import io
 import json
 import linecache
 import os
@@ -150,8 +151,8 @@ class Runner:
         sys.modules["__main__"] = self.module
         self.ns["__builtins__"] = builtins
         builtins.display = _display.display  # type: ignore[attr-defined]
-        shell = _Shell(self.module)
-        self.ns["get_ipython"] = lambda: shell
+        self.shell = _Shell(self.module)
+        self.ns["get_ipython"] = lambda: self.shell
         for name, modname in self.manifest.get("modules", {}).items():
             try:
                 self.ns[name] = __import__(modname, fromlist=["_"])
@@ -175,7 +176,7 @@ class Runner:
                 data, buffers = serialize.read_blob(f, got)
             if got.hexdigest() != entry["sha256"]:
                 raise IntegrityError(f"blob of input {name!r} was altered")
-            value = _LazyUnpickler(data, buffers, self.module, load).load()
+            value = serialize._Unpickler(io.BytesIO(data), self.module, load, buffers).load()
             self.inputs[name] = value
             self.ns[name] = value
             return value
@@ -191,15 +192,10 @@ class Runner:
                 if not isinstance(value, (types.FunctionType, type, types.ModuleType))}
 
     def dump_options(self) -> serialize.DumpOptions:
-        kernel_classes = {n for n, v in self.inputs.items() if isinstance(v, type)}
-
-        def class_ref(cls: type) -> str | None:
-            name = getattr(cls, "__qualname__", "")
-            if name in kernel_classes and self.inputs.get(name) is cls:
-                return name
-            return None
-
-        return serialize.DumpOptions(main=self.module, class_ref=class_ref)
+        # notebook classes, from the kernel or defined by the cell, travel once by value (as
+        # names of their own) and are referenced from every other value
+        return serialize.DumpOptions(main=self.module,
+                                     class_ref=serialize.main_class_ref(self.ns))
 
     def execute(self) -> tuple[Any, bool, BaseException | None]:
         """Run the cell; returns (last value, has value, exception)."""
@@ -231,10 +227,14 @@ class Runner:
         """Names to send back: rebound or new, mutated inputs; and names deleted."""
         skip = {"__builtins__", "__name__", "__doc__", "__package__", "__loader__", "__spec__",
                 "get_ipython", "_exit_code"}
+        real = getattr(getattr(self, "shell", None), "_real", None)
+        injected = getattr(real, "user_ns_hidden", {}) if real is not None else {}
         out: dict[str, Any] = {}
         for name, value in self.ns.items():
             if name in skip or (name.startswith("__") and name.endswith("__")):
                 continue
+            if name in injected and injected[name] is value:
+                continue  # put there by the IPython shell that ran a magic, not by the cell
             if name not in self.inputs or self.inputs[name] is not value:
                 out[name] = value
         mutated = []
@@ -255,6 +255,14 @@ class Runner:
         opts = self.dump_options()
         entries: dict[str, Any] = {}
         unpicklable: dict[str, str] = {}
+        exc_info = None
+        if exc is not None:
+            tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            exc_info = {
+                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "message": str(exc),
+                "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+            }
         items = list(values.items())
         if has_last:
             items.append((RESULT_KEY, last))
@@ -281,12 +289,8 @@ class Runner:
                                "deleted": deleted}
         if has_last and RESULT_KEY in unpicklable:
             doc["result_bundle"] = _display.mimebundle(last)[0]
-        if exc is not None:
-            doc["exception"] = {
-                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "message": str(exc),
-                "traceback": "".join(traceback.format_exception(exc)),
-            }
+        if exc_info is not None:
+            doc["exception"] = exc_info
         data, sig = sign_document(self.key, "result", doc)
         write_atomic(self.paths.result, data)
         write_atomic(self.paths.result_sig, sig)
@@ -296,21 +300,6 @@ class Runner:
                "host": socket.gethostname(), "pid": os.getpid(),
                "started": self.started, "finished": time.time(), **extra}
         write_json_atomic(self.paths.state, doc)
-
-
-class _LazyUnpickler(serialize._Unpickler):
-    """Resolves references to notebook classes by loading that input first."""
-
-    def __init__(self, data: bytes, buffers: list, main: types.ModuleType, load: Any):
-        import io
-        super().__init__(io.BytesIO(data), main, None, buffers)
-        self._load = load
-
-    def persistent_load(self, pid: Any) -> Any:
-        kind, name = pid
-        if kind != serialize._MAIN_CLASS:
-            raise IntegrityError(f"unknown reference {pid!r}")
-        return self._load(name)
 
 
 def _exception_payload(exc: BaseException) -> Any:

@@ -35,6 +35,10 @@ _MAIN_CLASS = "main-class"
 ClassRef = Callable[[type], "str | None"]
 
 
+class BlobMismatch(pickle.UnpicklingError):
+    """A blob's bytes do not match the digest it was signed under."""
+
+
 class _NeedDill(Exception):
     """Raised inside the C pickler when a value must be pickled by dill."""
 
@@ -133,8 +137,16 @@ def dump(obj: Any, options: DumpOptions | None = None) -> Blob:
         used_dill = True
         buffers.clear()
         stream = io.BytesIO()
-        _dill_pickler(stream, opts.main, opts.class_ref, obj,
-                      buffer_callback=buffers.append).dump(obj)
+        # dill keeps a function's globals by reference only when they are the namespace of
+        # sys.modules["__main__"]; make that the namespace the value comes from while pickling
+        saved = sys.modules.get("__main__")
+        sys.modules["__main__"] = opts.main
+        try:
+            _dill_pickler(stream, opts.main, opts.class_ref, obj,
+                          buffer_callback=buffers.append).dump(obj)
+        finally:
+            if saved is not None:
+                sys.modules["__main__"] = saved
     views = [b.raw() for b in buffers]
     data = stream.getbuffer()
     head = _HEAD.pack(MAGIC, len(views), len(data)) + b"".join(
@@ -152,15 +164,21 @@ def dumps(obj: Any, options: DumpOptions | None = None) -> bytes:
     return b"".join(bytes(p) for p in blob.parts)
 
 
+Resolver = Callable[[str], Any]
+
+
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO, main: types.ModuleType, namespace: dict | None,
+    """Unpickler for blobs: ``__main__`` is ``main``; notebook class references are resolved by
+    ``resolve(name)`` (default: look the name up in ``main``)."""
+
+    def __init__(self, file: BinaryIO, main: types.ModuleType, resolve: Resolver | None,
                  buffers: list) -> None:
         super().__init__(file, buffers=buffers)
         self._main = main
-        self._namespace = namespace if namespace is not None else main.__dict__
+        self._resolve = resolve
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("__builtin__", "__main__"):
+        if (module, name) in (("__builtin__", "__main__"), ("__main__", "__dict__")):
             return self._main.__dict__
         if module.startswith("dill"):
             import dill  # noqa: F401  (registers dill's reconstructors)
@@ -172,8 +190,10 @@ class _Unpickler(pickle.Unpickler):
         kind, name = pid
         if kind != _MAIN_CLASS:
             raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+        if self._resolve is not None:
+            return self._resolve(name)
         try:
-            return self._namespace[name]
+            return self._main.__dict__[name]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"class {name!r} is not defined in the receiving namespace") from None
@@ -222,17 +242,21 @@ class _NoDigest:
         pass
 
 
-def load(f: BinaryIO, main: types.ModuleType | None = None,
-         namespace: dict | None = None) -> Any:
-    """Unpickle a blob. Only call this on data whose signature has been verified."""
-    data, buffers = read_blob(f)
+def load(f: BinaryIO, main: types.ModuleType | None = None, resolve: Resolver | None = None,
+         expect_sha256: str | None = None) -> Any:
+    """Unpickle a blob. Only call this on data whose signature has been verified: pass the
+    signed ``expect_sha256`` and the bytes are checked against it *before* unpickling."""
+    digest = hashlib.sha256() if expect_sha256 is not None else None
+    data, buffers = read_blob(f, digest)
+    if digest is not None and digest.hexdigest() != expect_sha256:
+        raise BlobMismatch("blob content does not match its signed digest")
     main = main if main is not None else sys.modules["__main__"]
-    return _Unpickler(io.BytesIO(data), main, namespace, buffers).load()
+    return _Unpickler(io.BytesIO(data), main, resolve, buffers).load()
 
 
 def loads(data: bytes, main: types.ModuleType | None = None,
-          namespace: dict | None = None) -> Any:
-    return load(io.BytesIO(data), main, namespace)
+          resolve: Resolver | None = None) -> Any:
+    return load(io.BytesIO(data), main, resolve)
 
 
 class HashingWriter:

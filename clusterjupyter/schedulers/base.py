@@ -194,10 +194,10 @@ def final_state(runner: dict | None, native: NativeStatus | None,
             if "MemoryError" in reason:
                 return JobState.OUT_OF_MEMORY, reason, code
             return JobState.FAILED, reason, code
-        if native is not None and native.state in (JobState.TIMEOUT, JobState.OUT_OF_MEMORY):
-            return native.state, native.reason or reason, code
         if cancel_requested:
             return JobState.CANCELLED, "cancelled by the user", code
+        if native is not None and native.state in (JobState.TIMEOUT, JobState.OUT_OF_MEMORY):
+            return native.state, native.reason or reason, code
         if native is not None and native.state.final and native.state is not JobState.COMPLETED:
             return native.state, native.reason or reason, code
         return state, reason, code

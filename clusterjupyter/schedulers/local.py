@@ -8,10 +8,27 @@ runner and exit file as every batch scheduler.
 from __future__ import annotations
 
 import shlex
+import signal
 from typing import Sequence
 
 from ..states import JobState
 from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
+
+
+def _exit_status(code: int) -> NativeStatus:
+    """What the exit status of a job process this kernel started says."""
+    if code == 0:
+        return NativeStatus(JobState.COMPLETED, exit_code=0, native="exited")
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return NativeStatus(JobState.FAILED, f"killed by signal {-code} ({name})", code,
+                            native="killed")
+    if code == 124:
+        return NativeStatus(JobState.TIMEOUT, "time limit reached", code, native="timeout")
+    if code > 128:
+        return NativeStatus(JobState.FAILED, f"killed by signal {code - 128}", code,
+                            native="killed")
+    return NativeStatus(JobState.FAILED, f"exited with code {code}", code, native="exited")
 
 
 class LocalScheduler(Scheduler):
@@ -43,11 +60,14 @@ class LocalScheduler(Scheduler):
         for line in done.stdout.splitlines():
             pid, _, args = line.strip().partition(" ")
             alive[pid] = args
+        exited = getattr(self.transport, "exited", {})
         out = {}
         for native_id, job_id in zip(native_ids, job_ids):
-            # the pid must still be our job's shell (pids are reused)
+            # the pid must still be our job's process (pids are reused)
             if native_id in alive and job_id in alive[native_id]:
                 out[native_id] = NativeStatus(JobState.RUNNING, native="running")
+            elif native_id in exited:
+                out[native_id] = _exit_status(exited[native_id])
         return out
 
     def cancel(self, native_ids: Sequence[str]) -> None:

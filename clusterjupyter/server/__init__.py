@@ -35,6 +35,9 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the routes on the running server."""
     web_app = serverapp.web_app
+    if web_app.settings.get("clusterjupyter_routes"):
+        return  # enabled under two names (clusterjupyter and clusterjupyter.server)
+    web_app.settings["clusterjupyter_routes"] = True
     base_url = web_app.settings["base_url"]
     web_app.add_handlers(".*$", route_table(base_url))
     serverapp.log.info("clusterjupyter: server extension loaded at %sclusterjupyter/", base_url)

@@ -15,6 +15,11 @@ from .base import Completed, Progress, Transport
 class LocalTransport(Transport):
     where = "this machine"
 
+    def __init__(self) -> None:
+        #: exit status of processes this transport spawned, once they end (pid -> returncode;
+        #: negative = killed by that signal)
+        self.exited: dict[str, int] = {}
+
     def _run(self, argv: Sequence[str], input: bytes | None, timeout: float | None) -> Completed:
         try:
             p = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout)
@@ -27,8 +32,11 @@ class LocalTransport(Transport):
         with open(log_path, "ab") as log:
             p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                  start_new_session=True, close_fds=True)
-        # reap it when it ends so it does not linger as a zombie while the kernel lives
-        threading.Thread(target=p.wait, daemon=True, name=f"reap-{p.pid}").start()
+        # reap it when it ends (no zombie while the kernel lives) and keep its exit status
+        def reap() -> None:
+            self.exited[str(p.pid)] = p.wait()
+
+        threading.Thread(target=reap, daemon=True, name=f"reap-{p.pid}").start()
         return str(p.pid)
 
     def expand(self, path: str) -> str:
