@@ -42,3 +42,15 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     pass
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter server extension (REST routes for the sidebar)."""
+    return [{"module": "clusterjupyter.server"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab sidebar shipped in the package."""
+    from .server import _jupyter_labextension_paths as paths
+
+    return paths()

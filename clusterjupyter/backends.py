@@ -22,7 +22,7 @@ from . import paths as local_paths
 from .errors import ClusterError, ProfileError
 from .jobdir import JobPaths, load_secret, sign_document
 from .journal import Journal, JobRecord
-from .monitor import Monitor
+from .monitor import CANCEL_REQUESTED, Monitor
 from .payload import JobResult, Packed, load_result, manifest_doc
 from .profiles import Profile, get_profile, load_profiles
 from .resources import Resources
@@ -230,10 +230,11 @@ class Backend:
     def cancel(self, rec: JobRecord) -> None:
         if rec.state.final or not rec.native_id:
             return
+        # recorded first, so whichever process sees the job end knows it was cancelled
+        self.journal.update(rec.id, reason=CANCEL_REQUESTED)
         self.monitor.track(rec)
         self.monitor.cancel_requested(rec.id)
         self.scheduler.cancel([rec.native_id])
-        self.journal.update(rec.id, reason="cancel requested")
 
     def refresh(self, records: list[JobRecord]) -> None:
         """Bring active records up to date (jobs no monitor in this process is watching)."""

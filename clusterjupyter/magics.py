@@ -87,6 +87,18 @@ class StatusLine:
         self.last = text
 
 
+def _unquoted(args: Any) -> Any:
+    """IPython splits magic lines keeping quotes (``--name 'my job'`` gives ``"'my job'"``):
+    take off one pair of matching quotes around each option value."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            return v[1:-1]
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    for key, value in vars(args).items():
+        setattr(args, key, strip(value))
+    return args
+
+
 def _options_help() -> str:
     return ", ".join(f"--{o}" for o in (*RESOURCE_OPTIONS, "directive", "name", "job", "async",
                                         "dry-run", "skip"))
@@ -144,7 +156,7 @@ class ClusterMagics(Magics):
 
     def _parse(self, func: Any, line: str) -> Any:
         try:
-            return parse_argstring(func, line)
+            return _unquoted(parse_argstring(func, line))
         except UsageError as e:
             msg = str(e)
             bad = [w for w in line.split() if w.startswith("-")]

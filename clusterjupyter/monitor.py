@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Listener = Callable[[JobRecord], None]
 
+#: the journal's reason while a cancel is on its way (set by whichever process asked)
+CANCEL_REQUESTED = "cancel requested"
 #: seconds without scheduler or exit-file news before a vanished job is declared lost
 VANISH_GRACE = 5.0
+#: seconds the scheduler gets to say why a runner was stopped by a signal (time limit? memory?)
+SIGNAL_GRACE = 5.0
 
 
 @dataclass
@@ -195,7 +199,7 @@ class Monitor:
                             self._finish(t, None)
                             continue
                     elif native.state is JobState.PENDING and rec.state is JobState.PENDING:
-                        if native.reason != rec.reason:
+                        if native.reason != rec.reason and rec.reason != CANCEL_REQUESTED:
                             changes["reason"] = native.reason
                     elif native.state is JobState.RUNNING and rec.state is JobState.PENDING \
                             and "state" not in changes:
@@ -219,6 +223,11 @@ class Monitor:
             return time.time()
 
     def _change(self, t: _Tracked, **changes: object) -> None:
+        state = changes.get("state")
+        if "reason" in changes and not (isinstance(state, JobState) and state.final):
+            latest = self.backend.journal.get(t.record.id)
+            if latest is not None and latest.reason == CANCEL_REQUESTED:
+                changes.pop("reason")  # keep the cancel visible until the job ends
         self.backend.journal.update(t.record.id, **changes)
         for k, v in changes.items():
             setattr(t.record, k, v)
@@ -226,11 +235,22 @@ class Monitor:
 
     def _finish(self, t: _Tracked, runner: dict | None) -> None:
         if runner is not None and not runner.get("state", "").startswith("complet") \
-                and t.native is None and t.record.native_id:
-            # ask the scheduler why the runner stopped (timeout? out of memory?)
-            t.native = self.backend.scheduler.status([t.record.native_id],
-                                                     [t.record.id]).get(t.record.native_id)
-        state, reason, code = final_state(runner, t.native, t.cancel_requested)
+                and t.record.native_id and (t.native is None or runner.get("signal")):
+            # ask the scheduler why the runner stopped (timeout? out of memory?); a runner
+            # stopped by a signal can write its exit file before the scheduler shows why
+            # (SLURM: RUNNING, then COMPLETING/TIMEOUT), so give it a few moments
+            deadline = time.time() + (SIGNAL_GRACE if runner.get("signal") else 0.0)
+            while True:
+                t.native = self.backend.scheduler.status(
+                    [t.record.native_id], [t.record.id]).get(t.record.native_id)
+                if t.native is None or t.native.state.final or time.time() >= deadline:
+                    break
+                time.sleep(0.25)
+        # a cancel may come from another process (another kernel, the sidebar)
+        latest = self.backend.journal.get(t.record.id)
+        cancelled = t.cancel_requested or (latest is not None
+                                           and latest.reason == CANCEL_REQUESTED)
+        state, reason, code = final_state(runner, t.native, cancelled)
         rec = t.record
         changes: dict = {"state": state, "reason": reason, "exit_code": code,
                          "finished": (runner or {}).get("finished") or time.time()}

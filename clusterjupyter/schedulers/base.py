@@ -21,6 +21,7 @@ failure).
 from __future__ import annotations
 
 import abc
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -135,9 +136,38 @@ class Scheduler(abc.ABC):
 
     # -- operations -------------------------------------------------------------------------
     def call(self, argv: Sequence[str], *, input: bytes | None = None,
-             timeout: float | None = 60, check: bool = True) -> Completed:
-        """Run a scheduler command through the transport (the single seam for every command)."""
-        return self.transport.run(argv, input=input, timeout=timeout, check=check)
+             timeout: float | None = 60, check: bool = True, retry: bool = False) -> Completed:
+        """Run a scheduler command through the transport (the single seam for every command).
+        ``retry``: the command is idempotent (queries, cancel) and may be repeated after a
+        reconnection. The ``command_env`` option (a table) is set for the command."""
+        env = self.options.get("command_env") or {}
+        if env:
+            if not isinstance(env, dict) or not all(
+                    re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) for k in env):
+                raise ClusterError(f"{self.name}: scheduler option command_env must be a table "
+                                   'of environment variables, e.g. {SGE_ROOT = "/opt/sge"}')
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+        return self.transport.run(argv, input=input, timeout=timeout, check=check, retry=retry)
+
+    def command(self, name: str) -> str:
+        """The program to run for the scheduler command ``name`` ("qsub"): the option of that
+        name if the profile sets one, else ``name`` in the ``bin_dir`` option, else ``name``."""
+        if self.options.get(name):
+            return str(self.options[name])
+        bin_dir = self.options.get("bin_dir")
+        return posixpath.join(str(bin_dir), name) if bin_dir else name
+
+    def call_once(self, job_dir: str, argv: Sequence[str],
+                  timeout: float | None = 150) -> Completed:
+        """Run ``argv`` (a submit command) at most once per job directory, whatever the network.
+
+        A marker directory made atomically in ``job_dir`` lets exactly one attempt run the
+        command, shielded from hang-ups; its output and exit code are kept there. Any later
+        attempt (a retry after a dropped connection) waits for and reports that same outcome,
+        so a submission that may or may not have reached the cluster is never duplicated.
+        """
+        return self.call(["sh", "-c", _ONCE, "sh", job_dir, *argv], timeout=timeout,
+                         retry=True)
 
     def parse_job_id(self, text: str) -> str:
         m = re.search(self.job_id_regexp, text)
@@ -173,6 +203,19 @@ class Scheduler(abc.ABC):
         return self.state_map.get(word.upper(), JobState.LOST if not word else JobState.RUNNING)
 
 
+#: ``sh -c`` script behind :meth:`Scheduler.call_once` ($1 = job dir, then the command)
+_ONCE = """d="$1/.submit"; shift
+if mkdir "$d" 2>/dev/null; then
+  trap "" HUP PIPE
+  "$@" >"$d/out" 2>"$d/err" </dev/null
+  echo $? >"$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"
+fi
+i=0
+until [ -e "$d/rc" ]; do i=$((i+1)); [ $i -gt 1200 ] && exit 75; sleep 0.1; done
+cat "$d/out"; cat "$d/err" >&2; exit "$(cat "$d/rc")"
+"""
+
+
 def _comment_safe(text: str) -> str:
     return re.sub(r"[^\w.,:+=@/ -]", "_", text)[:120]
 
@@ -198,8 +241,7 @@ def final_state(runner: dict | None, native: NativeStatus | None,
             return JobState.CANCELLED, "cancelled by the user", code
         if native is not None and native.state in (JobState.TIMEOUT, JobState.OUT_OF_MEMORY):
             return native.state, native.reason or reason, code
-        if native is not None and native.state.final and native.state is not JobState.COMPLETED:
-            return native.state, native.reason or reason, code
+        # the runner saw what stopped it (a signal, a broken job directory): its word stands
         return state, reason, code
     if native is not None and native.state.final:
         if cancel_requested and native.state in (JobState.CANCELLED, JobState.FAILED):

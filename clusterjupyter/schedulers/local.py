@@ -54,7 +54,7 @@ class LocalScheduler(Scheduler):
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         if not native_ids:
             return {}
-        done = self.call(["ps", "-o", "pid=", "-o", "args=", "-p", ",".join(native_ids)],
+        done = self.call(["ps", "-ww", "-o", "pid=", "-o", "args=", "-p", ",".join(native_ids)],
                          check=False)
         alive = {}
         for line in done.stdout.splitlines():
@@ -79,7 +79,7 @@ class LocalScheduler(Scheduler):
                 pid, check=False)
 
     def queue(self, all_users: bool = False) -> list[QueueEntry]:
-        done = self.call(["ps", "-eo", "pid=,etime=,user=,args="], check=False)
+        done = self.call(["ps", "-ww", "-eo", "pid=,etime=,user=,args="], check=False)
         out = []
         for line in done.stdout.splitlines():
             parts = line.split(None, 3)

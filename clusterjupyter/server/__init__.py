@@ -14,11 +14,12 @@ unpickled here.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .handlers import route_table
 
-#: npm name of the JupyterLab sidebar (the folder it is installed under in share/jupyter/labextensions).
+#: npm name of the sidebar: its folder in share/jupyter/labextensions
 LABEXTENSION_NAME = "clusterjupyter-labextension"
 
 
@@ -28,8 +29,12 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
-    """Where the built sidebar lives, relative to the ``clusterjupyter`` package."""
-    return [{"src": "labextension", "dest": LABEXTENSION_NAME}]
+    """Where the built sidebar lives (``clusterjupyter/labextension``).
+
+    The path is absolute, so it is right whichever module re-exports this function.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [{"src": os.path.join(package, "labextension"), "dest": LABEXTENSION_NAME}]
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:

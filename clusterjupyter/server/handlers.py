@@ -5,8 +5,8 @@ Every verb requires Jupyter's authentication; ``POST`` is also covered by Jupyte
 logs and cancel may go over SSH; the server's event loop never blocks on them.
 
 Errors are JSON bodies ``{"message": ..., "reason": ...}`` (Jupyter's ``APIHandler`` format):
-404 for an unknown job, 400 for a bad parameter (the message lists the valid values), 502 when the
-cluster could not be reached or refused the command.
+404 for an unknown job, 400 for a bad parameter (the message lists the valid values), 409 when the
+job's profile no longer exists, 502 when the cluster could not be reached or refused the command.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .. import api
-from ..errors import ClusterError
+from ..errors import ClusterError, ProfileError
 from ..journal import JobRecord
 from ..states import JobState
 
@@ -29,6 +29,7 @@ T = TypeVar("T")
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 10000
 DEFAULT_TAIL = 200
+MAX_TAIL = 100000
 
 
 def _error(status: int, message: str) -> web.HTTPError:
@@ -50,6 +51,8 @@ class _Handler(APIHandler):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args)
+        except ProfileError as exc:
+            raise _error(409, str(exc)) from exc
         except ClusterError as exc:
             raise _error(502, str(exc)) from exc
 
@@ -59,7 +62,7 @@ class _Handler(APIHandler):
         except KeyError:
             raise _error(404, f"no job {ref!r}") from None
 
-    def _int_arg(self, name: str, default: int, low: int, high: int | None = None) -> int:
+    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
         text = self.get_argument(name, "")
         if not text:
             return default
@@ -67,10 +70,8 @@ class _Handler(APIHandler):
             value = int(text)
         except ValueError:
             value = low - 1
-        if value < low or (high is not None and value > high):
-            upper = f" and {high}" if high is not None else " or more"
-            raise _error(400, f"{name} must be an integer between {low}{upper}, "
-                                     f"got {text!r}")
+        if not low <= value <= high:
+            raise _error(400, f"{name} must be an integer between {low} and {high}, got {text!r}")
         return value
 
     def _reply(self, data: dict[str, Any]) -> None:
@@ -105,12 +106,9 @@ class LogsHandler(_Handler):
     async def get(self, ref: str) -> None:
         stream = self.get_argument("stream", "stdout")
         if stream not in api.LOG_STREAMS:
-            raise _error(400, f"unknown log stream {stream!r}; valid streams: "
-                                     f"{', '.join(api.LOG_STREAMS)}")
-        tail_text = self.get_argument("tail", "")
-        # tail=0 or tail=all: the whole log
-        tail: int | None = None if tail_text in ("0", "all") else self._int_arg(
-            "tail", DEFAULT_TAIL, 1)
+            raise _error(400, f"unknown log stream {stream!r}; "
+                              f"valid streams: {', '.join(api.LOG_STREAMS)}")
+        tail = self._int_arg("tail", DEFAULT_TAIL, 1, MAX_TAIL)
         job = await self._job(ref)
         text = await self._run(api.job_logs, job.id, stream, tail)
         self._reply({"id": job.id, "stream": stream, "tail": tail, "state": job.state.value,

@@ -40,7 +40,10 @@ class Transport(abc.ABC):
         """Run ``argv`` and return its result (never raise for a non-zero exit)."""
 
     def run(self, argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 60,
-            check: bool = True) -> Completed:
+            check: bool = True, retry: bool = False) -> Completed:
+        """Run ``argv``. ``retry``: the command is idempotent, so a transport that lost its
+        connection while it ran may run it again; without it a command that may have reached
+        the target is never repeated (a transport that cannot lose a connection ignores it)."""
         done = self._run([str(a) for a in argv], input, timeout)
         if check and done.returncode != 0:
             raise CommandError(done.argv, done.returncode, done.stdout, done.stderr, self.where)

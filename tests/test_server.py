@@ -1,0 +1,347 @@
+"""The server extension's REST routes on a real Jupyter server (pytest-jupyter) and journal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from http.cookies import SimpleCookie
+
+import dill
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from clusterjupyter import api, paths
+from clusterjupyter.jobdir import JobPaths
+from clusterjupyter.journal import JobRecord
+from clusterjupyter.states import JobState
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"clusterjupyter.server": True}}}
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """A private CLUSTERJUPYTER_HOME: its own journal, profiles and local work root."""
+    path = tmp_path / "cj-home"
+    monkeypatch.setenv(paths.HOME_ENV, str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_unpickling(monkeypatch):
+    """The server never unpickles: any attempt fails the request (and the test)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the server extension tried to unpickle something")
+
+    for module in (pickle, dill):
+        monkeypatch.setattr(module, "load", refuse)
+        monkeypatch.setattr(module, "loads", refuse)
+
+
+def add_job(state: JobState = JobState.RUNNING, *, profile: str = "local", name: str = "",
+            submitted: float | None = None, **extra) -> JobRecord:
+    job_id = uuid.uuid4().hex
+    now = time.time() if submitted is None else submitted
+    rec = JobRecord(
+        id=job_id, name=name or f"job-{job_id[:6]}", profile=profile, scheduler="local",
+        state=state, submitted=now, cell="x = 1",
+        job_dir=JobPaths(paths.local_work_root(), job_id).dir,
+        started=now + 1 if state is not JobState.PENDING else None,
+        finished=now + 3 if state.final else None, **extra)
+    api.journal().add(rec)
+    return rec
+
+
+async def fetch_json(jp_fetch, *parts, **kwargs):
+    response = await jp_fetch("clusterjupyter", *parts, **kwargs)
+    assert response.headers["Content-Type"].startswith("application/json")
+    return json.loads(response.body)
+
+
+async def fetch_error(jp_fetch, *parts, **kwargs) -> tuple[int, dict]:
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("clusterjupyter", *parts, **kwargs)
+    return info.value.code, json.loads(info.value.response.body)
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+async def test_list_jobs_newest_first(jp_fetch):
+    t = time.time()
+    old = add_job(JobState.COMPLETED, submitted=t - 100, exit_code=0)
+    mid = add_job(JobState.RUNNING, submitted=t - 50)
+    new = add_job(JobState.PENDING, submitted=t - 10, reason="Priority")
+
+    body = await fetch_json(jp_fetch, "jobs")
+
+    assert [j["id"] for j in body["jobs"]] == [new.id, mid.id, old.id]
+    first = body["jobs"][0]
+    assert first["state"] == "pending"
+    assert first["reason"] == "Priority"
+    assert first["elapsed"] is None
+    assert body["jobs"][2]["elapsed"] == pytest.approx(2.0)
+    assert body["jobs"][2]["exit_code"] == 0
+
+
+async def test_list_jobs_filters(jp_fetch):
+    running = add_job(JobState.RUNNING)
+    pending = add_job(JobState.PENDING, profile="hpc")
+    add_job(JobState.FAILED)
+    add_job(JobState.CANCELLED, profile="hpc")
+
+    body = await fetch_json(jp_fetch, "jobs", params={"state": "pending,running"})
+    assert {j["id"] for j in body["jobs"]} == {running.id, pending.id}
+
+    body = await fetch_json(jp_fetch, "jobs", params={"state": "Pending", "profile": "hpc"})
+    assert [j["id"] for j in body["jobs"]] == [pending.id]
+
+    body = await fetch_json(jp_fetch, "jobs", params={"limit": "1"})
+    assert len(body["jobs"]) == 1
+
+    body = await fetch_json(jp_fetch, "jobs", params={"profile": "nowhere"})
+    assert body == {"jobs": []}
+
+
+async def test_list_jobs_bad_parameters(jp_fetch):
+    code, body = await fetch_error(jp_fetch, "jobs", params={"state": "running,asleep"})
+    assert code == 400
+    assert "asleep" in body["message"]
+    for state in JobState:
+        assert state.value in body["message"]
+
+    code, body = await fetch_error(jp_fetch, "jobs", params={"limit": "lots"})
+    assert code == 400
+    assert "limit" in body["message"]
+
+
+async def test_get_one_job(jp_fetch):
+    rec = add_job(JobState.RUNNING, name="fit-model")
+
+    body = await fetch_json(jp_fetch, "jobs", rec.id)
+    assert body["id"] == rec.id
+    assert body["name"] == "fit-model"
+    assert body["state"] == "running"
+    assert body["cell"] == "x = 1"
+
+    # the same references the magics accept: a prefix of the id, or the name
+    assert (await fetch_json(jp_fetch, "jobs", rec.id[:8]))["id"] == rec.id
+    assert (await fetch_json(jp_fetch, "jobs", "fit-model"))["id"] == rec.id
+
+
+async def test_unknown_job_is_404(jp_fetch):
+    code, body = await fetch_error(jp_fetch, "jobs", "no-such-job")
+    assert code == 404
+    assert body["message"] == "no job 'no-such-job'"
+
+    for tail in (("logs",), ("cancel",)):
+        method = "POST" if tail == ("cancel",) else "GET"
+        code, body = await fetch_error(jp_fetch, "jobs", "50%-done", *tail, method=method,
+                                       **({"body": b""} if method == "POST" else {}))
+        assert code == 404
+        assert body["message"] == "no job '50%-done'"
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+def write_job_dir(rec: JobRecord, **files: str) -> None:
+    os.makedirs(rec.job_dir, mode=0o700)
+    for name, text in files.items():
+        with open(os.path.join(rec.job_dir, name), "w") as f:
+            f.write(text)
+
+
+async def test_logs_tail_of_a_local_job(jp_fetch):
+    rec = add_job(JobState.RUNNING)
+    write_job_dir(rec, stdout="".join(f"line {i}\n" for i in range(300)),
+                  stderr="warning: careful\n")
+
+    body = await fetch_json(jp_fetch, "jobs", rec.id, "logs")
+    lines = body["text"].splitlines()
+    assert len(lines) == 200
+    assert lines[0] == "line 100" and lines[-1] == "line 299"
+    assert body["stream"] == "stdout"
+    assert body["state"] == "running"
+
+    body = await fetch_json(jp_fetch, "jobs", rec.id, "logs", params={"tail": "3"})
+    assert body["text"].splitlines() == ["line 297", "line 298", "line 299"]
+
+    body = await fetch_json(jp_fetch, "jobs", rec.id, "logs", params={"tail": "1000"})
+    assert len(body["text"].splitlines()) == 300
+
+    body = await fetch_json(jp_fetch, "jobs", rec.id, "logs", params={"stream": "stderr"})
+    assert body["text"] == "warning: careful\n"
+
+
+async def test_logs_bad_stream_is_400(jp_fetch):
+    rec = add_job(JobState.RUNNING)
+
+    code, body = await fetch_error(jp_fetch, "jobs", rec.id, "logs", params={"stream": "out"})
+    assert code == 400
+    assert body["message"] == ("unknown log stream 'out'; valid streams: "
+                               + ", ".join(api.LOG_STREAMS))
+
+    for tail in ("-4", "0", "lots", "100001"):
+        code, body = await fetch_error(jp_fetch, "jobs", rec.id, "logs", params={"tail": tail})
+        assert code == 400
+        assert body["message"].startswith("tail must be an integer between 1 and 100000")
+
+
+async def test_logs_of_a_job_whose_profile_is_gone_is_409(jp_fetch):
+    rec = add_job(JobState.COMPLETED, profile="retired-cluster")
+
+    code, body = await fetch_error(jp_fetch, "jobs", rec.id, "logs")
+
+    assert code == 409
+    assert "retired-cluster" in body["message"]
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sleeper():
+    """Start a detached process standing in for a local job: ``sleeper(job_id)``.
+
+    The job id is in its command line, which is how the local scheduler recognises its jobs.
+    """
+    procs = []
+
+    def start(job_id: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)", job_id],
+            start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+async def wait_for_state(job_id: str, state: JobState, timeout: float = 30) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = api.get_job(job_id)
+        if rec.state is state or time.monotonic() > deadline:
+            return rec
+        await asyncio.sleep(0.2)
+
+
+async def test_cancel_a_running_local_job(jp_fetch, sleeper):
+    rec = add_job(JobState.RUNNING)
+    proc = sleeper(rec.id)
+    api.journal().update(rec.id, native_id=str(proc.pid))
+    write_job_dir(rec)
+
+    body = await fetch_json(jp_fetch, "jobs", rec.id, "cancel", method="POST", body=b"")
+
+    assert body["id"] == rec.id
+    # the scheduler was asked; the journal says so until the job is seen gone
+    assert body["state"] == "cancelled" or body["reason"] == "cancel requested"
+    assert await asyncio.to_thread(proc.wait, 20) != 0
+    assert (await wait_for_state(rec.id, JobState.CANCELLED)).state is JobState.CANCELLED
+
+
+async def test_cancel_a_finished_job_changes_nothing(jp_fetch):
+    rec = add_job(JobState.COMPLETED, exit_code=0)
+
+    body = await fetch_json(jp_fetch, "jobs", rec.id, "cancel", method="POST", body=b"")
+
+    assert body["state"] == "completed"
+    assert api.get_job(rec.id).state is JobState.COMPLETED
+
+
+# -- profiles -----------------------------------------------------------------------------------
+
+async def test_profiles(jp_fetch, home):
+    (home / "config").mkdir(parents=True, exist_ok=True)
+    (home / "config" / "profiles.toml").write_text(
+        'default = "hpc"\n[profiles.hpc]\nscheduler = "slurm"\nhost = "login.example.org"\n')
+
+    body = await fetch_json(jp_fetch, "profiles")
+
+    names = [p["name"] for p in body["profiles"]]
+    assert names[0] == "local"
+    assert "hpc" in names
+    hpc = body["profiles"][names.index("hpc")]
+    assert hpc["scheduler"] == "slurm"
+    assert hpc["host"] == "login.example.org"
+    assert hpc["default"] is True
+    assert body["profiles"][0]["default"] is False
+
+
+# -- authentication and XSRF --------------------------------------------------------------------
+
+NO_AUTH = {"Authorization": ""}
+
+
+@pytest.mark.parametrize("parts", [("jobs",), ("jobs", "JOB"), ("jobs", "JOB", "logs"),
+                                   ("profiles",)])
+async def test_get_without_token_is_refused(jp_fetch, parts):
+    rec = add_job(JobState.RUNNING)
+    parts = tuple(rec.id if p == "JOB" else p for p in parts)
+
+    code, _ = await fetch_error(jp_fetch, *parts, headers=NO_AUTH)
+
+    assert code in (401, 403)
+
+
+async def test_post_without_token_is_refused(jp_fetch, sleeper):
+    rec = add_job(JobState.RUNNING)
+    proc = sleeper(rec.id)
+    api.journal().update(rec.id, native_id=str(proc.pid))
+
+    code, _ = await fetch_error(jp_fetch, "jobs", rec.id, "cancel", method="POST", body=b"",
+                                headers=NO_AUTH)
+
+    assert code in (401, 403)
+    await asyncio.sleep(0.5)  # time for a cancel to have happened, had it been accepted
+    assert api.get_job(rec.id).state is JobState.RUNNING
+    assert api.get_job(rec.id).reason == ""
+    assert proc.poll() is None
+
+
+async def test_post_with_login_cookie_needs_xsrf(jp_fetch, jp_serverapp):
+    """A browser session (cookie) may cancel only with the XSRF token, as the lab frontend does."""
+    rec = add_job(JobState.COMPLETED, exit_code=0)
+    # log in the way a browser does: the token in the URL once, a cookie afterwards
+    response = await jp_fetch("clusterjupyter", "jobs", headers=NO_AUTH,
+                              params={"token": jp_serverapp.identity_provider.token})
+    cookies = SimpleCookie()
+    for header in response.headers.get_list("Set-Cookie"):
+        cookies.load(header)
+    assert cookies, "the server set no login cookie"
+    cookie = "; ".join(f"{k}={m.value}" for k, m in cookies.items())
+    browser = {"Authorization": "", "Cookie": cookie}
+    assert (await fetch_json(jp_fetch, "jobs", rec.id, headers=browser))["id"] == rec.id
+
+    code, body = await fetch_error(jp_fetch, "jobs", rec.id, "cancel", method="POST", body=b"",
+                                   headers=browser)
+    assert code == 403
+    assert "xsrf" in body["message"].lower()
+
+    xsrf = cookies["_xsrf"].value if "_xsrf" in cookies else None
+    if xsrf is None:  # not set by the API call: ask a page that sets it
+        page = await jp_fetch("login", headers=NO_AUTH)
+        extra = SimpleCookie()
+        for header in page.headers.get_list("Set-Cookie"):
+            extra.load(header)
+        xsrf = extra["_xsrf"].value
+        browser["Cookie"] += f"; _xsrf={xsrf}"
+    browser["X-XSRFToken"] = xsrf
+    body = await fetch_json(jp_fetch, "jobs", rec.id, "cancel", method="POST", body=b"",
+                            headers=browser)
+    assert body["id"] == rec.id

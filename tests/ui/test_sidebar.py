@@ -1,0 +1,201 @@
+"""The "Cluster jobs" sidebar in a real JupyterLab and a real browser (headless Chromium).
+
+Run with ``pytest -m browser tests/ui``. Needs the built sidebar (``jlpm build`` in
+labextension/), ``/usr/bin/chromium`` and ``pip install playwright`` (never
+``playwright install``: the system Chromium is used).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from clusterjupyter import api, paths
+from clusterjupyter.jobdir import JobPaths
+from clusterjupyter.journal import JobRecord
+from clusterjupyter.states import JobState
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+SIDEBAR_TAB = '.jp-SideBar [data-id="clusterjupyter-jobs"]'
+PANEL = "#clusterjupyter-jobs"
+
+
+def open_lab(page: Page, lab, path: str = "lab") -> None:
+    page.goto(lab.page_url(path))
+    page.wait_for_selector("#jp-main-dock-panel", state="attached", timeout=60_000)
+    # the application has started once the sidebar tab is there
+    page.wait_for_selector(SIDEBAR_TAB, timeout=60_000)
+
+
+def open_sidebar(page: Page) -> None:
+    panel = page.locator(PANEL)
+    if not panel.is_visible():
+        page.click(SIDEBAR_TAB)
+    expect(panel).to_be_visible()
+
+
+def row(page: Page, job_id: str):
+    return page.locator(f'{PANEL} [data-testid="cj-job"][data-job-id="{job_id}"]')
+
+
+def add_job(state: JobState, name: str, **extra) -> JobRecord:
+    job_id = uuid.uuid4().hex
+    now = time.time()
+    rec = JobRecord(id=job_id, name=name, profile="local", scheduler="local", state=state,
+                    submitted=now, cell="print('hello')", started=now,
+                    job_dir=JobPaths(paths.local_work_root(), job_id).dir, **extra)
+    api.journal().add(rec)
+    return rec
+
+
+def test_sidebar_follows_the_journal(page: Page, lab) -> None:
+    """Jobs written to the journal appear, change state, filter and show their logs."""
+    rec = add_job(JobState.RUNNING, "journal-job")
+    os.makedirs(rec.job_dir, mode=0o700)
+    with open(JobPaths(paths.local_work_root(), rec.id).stdout, "w") as f:
+        f.write("epoch 1\nepoch 2\n")
+
+    open_lab(page, lab)
+    open_sidebar(page)
+
+    job = row(page, rec.id)
+    expect(job.get_by_test_id("cj-job-state")).to_have_text("running")
+    expect(job.get_by_test_id("cj-job-name")).to_have_text("journal-job")
+    expect(job.get_by_test_id("cj-job-cancel")).to_be_visible()
+
+    # logs of the selected job, refreshed while it runs
+    job.click()
+    logs = page.get_by_test_id("cj-log-text")
+    expect(logs).to_have_text("epoch 1\nepoch 2\n")
+    with open(JobPaths(paths.local_work_root(), rec.id).stdout, "a") as f:
+        f.write("epoch 3\n")
+    expect(logs).to_contain_text("epoch 3")
+    page.get_by_test_id("cj-log-tab-stderr").click()
+    expect(logs).to_contain_text("no stderr output yet")
+    page.get_by_test_id("cj-log-tab-stdout").click()
+
+    # the journal changes, the sidebar follows (polling every 2 s)
+    api.journal().update(rec.id, state=JobState.COMPLETED, finished=time.time(), exit_code=0)
+    expect(job.get_by_test_id("cj-job-state")).to_have_text("completed")
+    expect(job).to_have_attribute("data-state", "completed")
+    expect(job.get_by_test_id("cj-job-cancel")).to_be_hidden()
+
+    failed = add_job(JobState.FAILED, "broken-job", reason="ZeroDivisionError: division by zero",
+                     exit_code=1, finished=time.time())
+    expect(row(page, failed.id).get_by_test_id("cj-job-reason")).to_have_text(
+        "ZeroDivisionError: division by zero · exit code 1")
+
+    # the state filter asks the server for matching jobs only
+    page.get_by_test_id("cj-state-filter").select_option("active")
+    expect(page.locator(f'{PANEL} [data-testid="cj-job"]')).to_have_count(0)
+    expect(page.get_by_test_id("cj-empty")).to_have_text("No pending or running jobs.")
+    page.get_by_test_id("cj-state-filter").select_option("failed")
+    expect(page.locator(f'{PANEL} [data-testid="cj-job"]')).to_have_count(1)
+    expect(row(page, failed.id)).to_be_visible()
+    page.get_by_test_id("cj-state-filter").select_option("")
+    expect(row(page, rec.id)).to_be_visible()
+
+
+def test_cancel_button_cancels_the_job(page: Page, lab) -> None:
+    """Cancel in the sidebar goes through the server to the local scheduler."""
+    rec = add_job(JobState.RUNNING, "sleeper-job")
+    os.makedirs(rec.job_dir, mode=0o700)
+    # a stand-in for the job's process: the local scheduler knows its jobs by the id in argv
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", rec.id],
+                            start_new_session=True)
+    try:
+        api.journal().update(rec.id, native_id=str(proc.pid))
+        open_lab(page, lab)
+        open_sidebar(page)
+        job = row(page, rec.id)
+        expect(job.get_by_test_id("cj-job-state")).to_have_text("running")
+
+        job.get_by_test_id("cj-job-cancel").click()
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+
+        expect(job.get_by_test_id("cj-job-state")).to_have_text("cancelled", timeout=40_000)
+        assert proc.wait(timeout=20) != 0
+        assert api.get_job(rec.id).state is JobState.CANCELLED
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def make_notebook(lab, name: str, cells: list[str]) -> str:
+    nb = {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}",
+                   "metadata": {}, "outputs": [], "source": src} for i, src in enumerate(cells)],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                    "name": "python3"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    (lab.root / name).write_text(json.dumps(nb))
+    return name
+
+
+def run_next_cell(page: Page) -> None:
+    """Run the active cell of the current notebook and select the next (without waiting)."""
+    page.evaluate("() => { void window.jupyterapp.commands.execute("
+                  "'notebook:run-cell-and-select-next'); }")
+
+
+def test_cluster_magic_jobs_in_the_sidebar(page: Page, lab) -> None:
+    """The whole path: %%cluster in a notebook, the job in the sidebar, cancel from there."""
+    name = make_notebook(lab, "sidebar.ipynb", [
+        "%load_ext clusterjupyter",
+        "%%cluster local --async --name quick-job\n"
+        "import time\ntime.sleep(2)\nprint('hello from the job')\nx = 1",
+        "%%cluster local --async --name long-job\nimport time\ntime.sleep(600)\ny = 2",
+    ])
+    open_lab(page, lab, f"lab/tree/{name}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status"
+        " === 'idle'", timeout=60_000)
+    run_next_cell(page)
+    expect(page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-InputPrompt")).to_have_text(
+        "[1]:", timeout=60_000)
+    run_next_cell(page)
+
+    open_sidebar(page)
+    quick = page.locator(f'{PANEL} [data-testid="cj-job"]').filter(
+        has=page.get_by_test_id("cj-job-name").get_by_text("quick-job", exact=True))
+    expect(quick).to_have_count(1, timeout=30_000)
+    expect(quick.get_by_test_id("cj-job-state")).to_have_text("completed", timeout=60_000)
+    quick.click()
+    expect(page.get_by_test_id("cj-log-title")).to_have_text("quick-job")
+    expect(page.get_by_test_id("cj-log-text")).to_have_text("hello from the job\n")
+
+    run_next_cell(page)
+    long = page.locator(f'{PANEL} [data-testid="cj-job"]').filter(
+        has=page.get_by_test_id("cj-job-name").get_by_text("long-job", exact=True))
+    expect(long.get_by_test_id("cj-job-state")).to_have_text("running", timeout=60_000)
+    expect(long.get_by_test_id("cj-job-elapsed")).to_contain_text("running")
+    long_id = long.get_attribute("data-job-id")
+    assert long_id
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "sidebar-running.png"))
+
+    long.get_by_test_id("cj-job-cancel").click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    expect(long.get_by_test_id("cj-job-state")).to_have_text("cancelled", timeout=60_000)
+    assert api.get_job(long_id).state is JobState.CANCELLED
+    assert api.get_job(quick.get_attribute("data-job-id")).state is JobState.COMPLETED
+
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "sidebar.png"))
+    page.screenshot(path=str(ARTIFACTS / "lab.png"))
