@@ -24,6 +24,7 @@ import pickle
 import struct
 import sys
 import types
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -152,11 +153,48 @@ def dump(obj: Any, options: DumpOptions | None = None) -> Blob:
     head = _HEAD.pack(MAGIC, len(views), len(data)) + b"".join(
         struct.pack("<Q", v.nbytes) for v in views)
     parts = [memoryview(head), data, *views]
+    size = sum(p.nbytes for p in parts)
+    return Blob(parts=parts, sha256=_sha256(parts, size), size=size, used_dill=used_dill)
+
+
+#: fast fingerprint -> sha256 of large blobs seen by this process (most recent last)
+_KNOWN: OrderedDict[str, str] = OrderedDict()
+_KNOWN_MAX = 256
+FINGERPRINT_MIN = 1 << 20
+
+
+def _sha256(parts: list[memoryview], size: int) -> str:
+    """The sha256 of the concatenated parts.
+
+    sha256 runs at ~1.7 GB/s here; re-sending an unchanged 1 GiB input would spend 0.6 s just
+    hashing it again. For large blobs a 128-bit xxh3 fingerprint (~10 GB/s) of the same bytes is
+    looked up first among blobs this process already hashed; the content address (and so the
+    signature) stays the sha256.
+    """
+    fingerprint = None
+    if size >= FINGERPRINT_MIN:
+        try:
+            import xxhash
+        except ImportError:
+            xxhash = None
+        if xxhash is not None:
+            fast = xxhash.xxh3_128()
+            for part in parts:
+                fast.update(part)
+            fingerprint = f"{size}:{fast.hexdigest()}"
+            known = _KNOWN.get(fingerprint)
+            if known is not None:
+                _KNOWN.move_to_end(fingerprint)
+                return known
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
-    return Blob(parts=parts, sha256=digest.hexdigest(), size=sum(p.nbytes for p in parts),
-                used_dill=used_dill)
+    sha = digest.hexdigest()
+    if fingerprint is not None:
+        _KNOWN[fingerprint] = sha
+        while len(_KNOWN) > _KNOWN_MAX:
+            _KNOWN.popitem(last=False)
+    return sha
 
 
 def dumps(obj: Any, options: DumpOptions | None = None) -> bytes:

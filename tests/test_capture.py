@@ -104,3 +104,16 @@ def test_notebook_functions_travel_by_value_and_classes_by_reference():
 def test_unpicklable_value_raises():
     with pytest.raises(TypeError):
         serialize.dump(threading.Lock())
+
+
+def test_large_blob_digest_is_cached_by_content_not_identity():
+    np = pytest.importorskip("numpy")
+    arr = np.zeros(1 << 18)  # 2 MiB: above the fingerprint threshold
+    first = serialize.dump(arr).sha256
+    assert serialize.dump(arr).sha256 == first  # unchanged: same address (from the cache)
+    arr[12345] = 1.0  # mutated in place: same object, new content, new address
+    changed = serialize.dump(arr)
+    import hashlib
+
+    assert changed.sha256 != first
+    assert changed.sha256 == hashlib.sha256(b"".join(bytes(p) for p in changed.parts)).hexdigest()
