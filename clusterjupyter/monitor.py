@@ -30,6 +30,8 @@ Listener = Callable[[JobRecord], None]
 CANCEL_REQUESTED = "cancel requested"
 #: seconds without scheduler or exit-file news before a vanished job is declared lost
 VANISH_GRACE = 5.0
+#: seconds after a job is first tracked before the scheduler is asked about it
+FIRST_QUERY_DELAY = 1.0
 #: seconds the scheduler gets to say why a runner was stopped by a signal (time limit? memory?)
 SIGNAL_GRACE = 5.0
 
@@ -42,6 +44,7 @@ class _Tracked:
     waiters: int = 0
     native: NativeStatus | None = None
     vanished_at: float | None = None
+    ended_at: float | None = None         # the scheduler said COMPLETED, no exit file yet
     cancel_requested: bool = False
     since: float = field(default_factory=time.time)
 
@@ -66,8 +69,12 @@ class Monitor:
         with self._lock:
             t = self._jobs.get(record.id)
             if t is None:
+                # a job just submitted is pending: ask the scheduler after a moment (a short
+                # job's exit file usually comes first, and over SSH a query costs a round trip
+                # that would hold up the exit-file watch)
+                first = time.time() + FIRST_QUERY_DELAY
+                self._next_query = min(self._next_query, first) if self._jobs else first
                 t = self._jobs[record.id] = _Tracked(record)
-                self._next_query = 0.0
                 self._query_interval = self.backend.scheduler.poll_interval
             if listener is not None:
                 t.listeners.append(listener)
@@ -95,6 +102,8 @@ class Monitor:
             if t is not None:
                 t.cancel_requested = True
                 self._next_query = 0.0
+                # ask again soon: the job may leave the queue only after a moment
+                self._query_interval = self.backend.scheduler.poll_interval
                 self._lock.notify_all()
 
     def active(self) -> list[JobRecord]:
@@ -162,9 +171,9 @@ class Monitor:
         query = force_query or now >= self._next_query
         natives: dict[str, NativeStatus] = {}
         ids = [(t.record.native_id, t.record.id) for t in tracked if t.record.native_id]
-        needs_native = [t for t in tracked if backend.paths(t.record).state in present
-                        and t.native is None]
-        if (query or needs_native) and ids:
+        # (a job whose exit file appeared needs no query here: _finish asks the scheduler
+        # itself when the runner did not complete, and a completed cell needs no scheduler)
+        if query and ids:
             natives = backend.scheduler.status([i[0] for i in ids], [i[1] for i in ids])
             for t in tracked:
                 t.native = natives.get(t.record.native_id or "", None)
@@ -195,6 +204,15 @@ class Monitor:
                     if native.state.final and native.state is not JobState.COMPLETED:
                         # killed before the runner could write (timeout, OOM, node failure …)
                         if now - t.since > 1 and paths.state not in \
+                                backend.transport.existing([paths.state]):
+                            self._finish(t, None)
+                            continue
+                    elif native.state is JobState.COMPLETED:
+                        # ended, yet no exit file: the runner never ran (or the job was
+                        # cancelled while queued; PBS wrappers say C for both); a shared
+                        # filesystem gets a moment to show the file first
+                        t.ended_at = t.ended_at or now
+                        if now - t.ended_at > VANISH_GRACE and paths.state not in \
                                 backend.transport.existing([paths.state]):
                             self._finish(t, None)
                             continue

@@ -244,7 +244,10 @@ def final_state(runner: dict | None, native: NativeStatus | None,
         # the runner saw what stopped it (a signal, a broken job directory): its word stands
         return state, reason, code
     if native is not None and native.state.final:
-        if cancel_requested and native.state in (JobState.CANCELLED, JobState.FAILED):
+        # (COMPLETED too: a scheduler that cannot tell how a job ended, e.g. PBS wrappers
+        # without exit_status, says so for a job cancelled before it started)
+        if cancel_requested and native.state in (JobState.CANCELLED, JobState.FAILED,
+                                                 JobState.COMPLETED):
             return JobState.CANCELLED, "cancelled by the user", native.exit_code
         state = native.state
         reason = native.reason

@@ -1,0 +1,268 @@
+"""(Son of / Open / Univa) Grid Engine: ``qsub`` / ``qstat -xml`` / ``qacct`` / ``qdel``.
+
+A PBS dialect (as in ipyparallel): the commands, holds and parsing helpers come from
+:class:`~.pbs.PBSScheduler`; this module changes the directives, the state letters and where
+finished jobs are found. Status of all active jobs is one ``qstat -xml -u USER`` call; a job that
+has left ``qstat`` is looked up with ``qacct -j ID`` (exit status, ``failed`` code, wallclock,
+``maxvmem``), once it is there — accounting may lag a few seconds, and a cluster without
+accounting simply leaves the exit file to speak.
+
+Profile options (``scheduler_options``), besides PBS's ``bin_dir``, per-command paths
+(``qsub``, ``qstat``, ``qacct``, ``qdel``, ``qhold``, ``qrls``) and ``command_env``:
+
+``command_env``
+    Grid Engine's commands need ``SGE_ROOT`` (and ``SGE_CELL`` unless it is ``default``):
+    ``{SGE_ROOT = "/var/lib/gridengine", SGE_CELL = "default"}`` when the login environment
+    does not set them (a non-interactive SSH session often does not).
+``pe``
+    parallel environment for ``--cpus`` > 1 (default ``"smp"``).
+``gpu_resource``
+    the complex a GPU request is made with (default ``"gpu"``: ``-l gpu=N``).
+``accounting_wait``
+    seconds a job that ran and left ``qstat`` is still reported as finishing while ``qacct``
+    has no record of it yet (default 30; Grid Engine writes accounting every flush interval).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import time
+import xml.etree.ElementTree as ET
+from typing import Any, ClassVar, Sequence
+
+from ..errors import ClusterError
+from ..states import JobState
+from ..transports.base import Transport
+from .base import JobSpec, NativeStatus, QueueEntry
+from .pbs import PBSScheduler, _int, _signame, hms, seconds
+
+_S = JobState
+
+#: how a job is described that qacct says failed before it ran (``failed`` 1–99 but 37)
+_NOT_STARTED = "the job could not be started"
+
+
+class SGEScheduler(PBSScheduler):
+    name = "sge"
+    directive_prefix = "#$"
+    job_id_regexp = r"Your job(?:-array)? (?P<job_id>\d+)"
+    poll_interval = 2.0
+    name_limit = 64
+
+    #: a Grid Engine state is a string of letters ("qw", "hqw", "dr", "Eqw"); the first letter
+    #: of this table found in it decides (error before running before held before queued)
+    state_map: ClassVar[dict[str, JobState]] = {
+        "E": _S.FAILED, "r": _S.RUNNING, "t": _S.RUNNING, "s": _S.RUNNING, "S": _S.RUNNING,
+        "T": _S.RUNNING, "h": _S.PENDING, "q": _S.PENDING, "w": _S.PENDING,
+    }
+    state_reasons: ClassVar[dict[str, str]] = {
+        "E": "in error state", "t": "being started", "s": "suspended", "S": "suspended",
+        "T": "suspended (threshold)", "h": "held (release it to run)", "q": "queued",
+        "w": "queued",
+    }
+
+    def __init__(self, transport: Transport, options: dict[str, Any] | None = None):
+        super().__init__(transport, options)
+        self._ran: set[str] = set()              # seen running (so accounting will know it)
+        self._gone: dict[str, float] = {}        # left qstat at, accounting not there yet
+
+    def map_state(self, native: str) -> JobState:
+        letter = self._letter(native)
+        if letter:
+            return self.state_map[letter]
+        return _S.LOST if not native.strip() else _S.RUNNING
+
+    def _letter(self, native: str) -> str:
+        return next((c for c in self.state_map if c in native), "")
+
+    # -- the script -------------------------------------------------------------------------
+    def directives(self, spec: JobSpec) -> list[str]:
+        res = spec.resources
+        if res.qos:
+            raise self._unsupported("qos", "--directive '-l NAME=VALUE'")
+        if res.constraint:
+            raise self._unsupported("constraint", "--directive '-l arch=lx-amd64' (or your "
+                                    "site's host complex)")
+        if res.nodes and res.nodes > 1:
+            raise self._unsupported("nodes", "a parallel environment across hosts, e.g. "
+                                    "--directive '-pe mpi 16'")
+        out = [f"-N {self.job_name(spec.name)}", "-S /bin/sh", "-j y",
+               f"-o {self.safe_path(spec.paths.scheduler_log)}"]
+        if res.time:
+            out.append(f"-l h_rt={hms(res.time)}")
+        slots = int(res.cpus or 1)
+        if slots > 1:
+            out.append(f"-pe {self._word('pe', 'smp')} {slots}")
+        if res.mem:
+            out.append(f"-l h_vmem={math.ceil(res.mem / slots)}M")     # h_vmem is per slot
+        if res.gpus:
+            out.append(f"-l {self._word('gpu_resource', 'gpu')}={self.gpu_count(res.gpus)}")
+        if res.partition:
+            out.append(f"-q {res.partition}")
+        if res.account:
+            out.append(f"-P {res.account}")
+        return out + [self.free_directive(d) for d in res.directives]
+
+    def _word(self, option: str, default: str) -> str:
+        value = str(self.options.get(option, default))
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ClusterError(f"sge: scheduler option {option} must be a name, not {value!r}")
+        return value
+
+    def submit_args(self, spec: JobSpec) -> list[str]:
+        return []
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
+        if not native_ids:
+            return {}
+        ids = list(dict.fromkeys(native_ids))
+        listed = {job["JB_job_number"]: job for job in self._qstat_xml(self.user())}
+        out = {}
+        now = time.time()
+        wait = float(self.options.get("accounting_wait", 30))
+        for native_id in ids:
+            job = listed.get(native_id)
+            if job is not None:
+                out[native_id] = self._listed(job)
+                if out[native_id].state is _S.RUNNING:
+                    self._ran.add(native_id)
+                continue
+            # gone from qstat: finished (or deleted while queued); accounting says how
+            found = self.accounting(native_id)
+            if found is not None:
+                out[native_id] = found
+                self._ran.discard(native_id)
+                self._gone.pop(native_id, None)
+            elif native_id in self._ran and now - self._gone.setdefault(native_id, now) < wait:
+                out[native_id] = NativeStatus(_S.RUNNING, "ended; waiting for its accounting "
+                                              "record", native="finishing")
+        return out
+
+    def _qstat_xml(self, user: str) -> list[dict[str, str]]:
+        done = self.call([self.command("qstat"), "-xml", "-u", user], retry=True)
+        try:
+            root = ET.fromstring(done.stdout.strip())
+        except ET.ParseError as e:
+            raise ClusterError(f"sge: qstat -xml printed XML that cannot be read: {e}") from None
+        return [{child.tag: (child.text or "").strip() for child in el}
+                for el in root.iter("job_list")]
+
+    def _listed(self, job: dict[str, str]) -> NativeStatus:
+        word = job.get("state", "")
+        state = self.map_state(word)
+        reason = self.state_reasons.get(self._letter(word), "")
+        if state is _S.FAILED:
+            reason = self._error_reason(job["JB_job_number"]) or reason
+        host = job.get("queue_name", "").partition("@")[2]
+        return NativeStatus(state, reason, native=word, host=host)
+
+    def _error_reason(self, native_id: str) -> str:
+        """Why a job is in error state (``qstat -j``), for the user to read."""
+        done = self.call([self.command("qstat"), "-j", native_id], check=False, retry=True)
+        for line in done.stdout.splitlines():
+            if line.startswith("error reason"):
+                text = line.split(":", 1)[1].strip() if ":" in line else line
+                return f"in error state: {text} (qdel {native_id} to remove it)"
+        return ""
+
+    def accounting(self, native_id: str) -> NativeStatus | None:
+        """How a finished job ended, from ``qacct -j`` (None: accounting does not know it)."""
+        done = self.call([self.command("qacct"), "-j", native_id], check=False, retry=True)
+        if done.returncode != 0:
+            return None
+        records = parse_qacct(done.stdout)
+        mine = [r for r in records if r.get("jobnumber") == native_id]
+        if not mine:
+            return None
+        return self.finished(max(mine, key=lambda r: r.get("end_time", "")))
+
+    def finished(self, rec: dict[str, str]) -> NativeStatus:
+        """A ``qacct`` record as a final NativeStatus."""
+        failed_text = rec.get("failed", "0")
+        failed = _int(failed_text) or 0
+        code = _int(rec.get("exit_status"))
+        wall = seconds(rec.get("ru_wallclock"))
+        category = rec.get("category", "")
+        m = re.search(r"h_rt=([^,\s]+)", category)
+        limit = seconds(m.group(1)) if m else None
+        host = rec.get("hostname", "")
+        if limit and wall is not None and wall >= limit and (code or failed):
+            return NativeStatus(_S.TIMEOUT, "reached its time limit (h_rt, --time)", code,
+                                native="qacct", host=host)
+        if failed == 37:      # qmaster enforced h_rt, h_cpu or h_vmem
+            vmem, cap = _size(rec.get("maxvmem")), _vmem_limit(category, rec.get("slots"))
+            if vmem and cap and vmem >= 0.95 * cap:
+                return NativeStatus(_S.OUT_OF_MEMORY, "exceeded its memory limit (h_vmem, "
+                                    "--mem)", code, native="qacct", host=host)
+            return NativeStatus(_S.TIMEOUT, "reached its time limit (h_rt, --time)", code,
+                                native="qacct", host=host)
+        if failed and failed != 100:   # 100: "assumedly after job" (killed by a signal)
+            text = failed_text.split(":", 1)[1].strip() if ":" in failed_text else failed_text
+            return NativeStatus(_S.FAILED, f"{_NOT_STARTED}: {text}", code, native="qacct",
+                                host=host)
+        if not code:
+            return NativeStatus(_S.COMPLETED, "", code, native="qacct", host=host)
+        if code > 128:
+            signum = code - 128
+            state = _S.CANCELLED if signum in (signal.SIGKILL, signal.SIGTERM) else _S.FAILED
+            # Grid Engine's qdel sends SIGKILL: that is how a deleted job ends
+            how = " (deleted, e.g. with qdel)" if signum == signal.SIGKILL else ""
+            return NativeStatus(state, f"killed by {_signame(signum)}{how}", code,
+                                native="qacct", host=host)
+        return NativeStatus(_S.FAILED, f"exited with code {code}", code, native="qacct",
+                            host=host)
+
+    # -- the rest ---------------------------------------------------------------------------
+    def queue(self, all_users: bool = False) -> list[QueueEntry]:
+        out = []
+        now = time.time()
+        for job in self._qstat_xml("*" if all_users else self.user()):
+            st = self._listed(job)
+            started = _iso(job.get("JAT_start_time"))
+            queue, _, host = job.get("queue_name", "").partition("@")
+            out.append(QueueEntry(native_id=job.get("JB_job_number", ""),
+                                  name=job.get("JB_name", ""), user=job.get("JB_owner", ""),
+                                  state=st.state, native=st.native, reason=st.reason,
+                                  elapsed=hms(int(now - started)) if started else "",
+                                  partition=queue, nodes=host))
+        return out
+
+
+def parse_qacct(text: str) -> list[dict[str, str]]:
+    """``qacct -j`` output: one dict per record (``====`` lines separate records)."""
+    records: list[dict[str, str]] = []
+    rec: dict[str, str] | None = None
+    for line in text.splitlines():
+        if line.startswith("====="):
+            rec = {}
+            records.append(rec)
+            continue
+        if rec is None or not line.strip():
+            continue
+        key, _, value = line.partition(" ")
+        rec[key] = value.strip()
+    return records
+
+
+def _size(text: str | None) -> float | None:
+    """Bytes from Grid Engine's ``12.3M``, ``500M``, ``2G``, ``10.305MB``, ``100``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)B?\s*", text or "")
+    if not m:
+        return None
+    return float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower())
+
+
+def _vmem_limit(category: str, slots: str | None) -> float | None:
+    m = re.search(r"h_vmem=([^,\s]+)", category)
+    per_slot = _size(m.group(1)) if m else None
+    return per_slot * (_int(slots) or 1) if per_slot else None
+
+
+def _iso(text: str | None) -> float | None:
+    try:
+        return time.mktime(time.strptime(text or "", "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None

@@ -1,0 +1,382 @@
+"""PBS / Torque backend on real programs: the ``slurm-wlm-torque`` wrappers over the test SLURM.
+
+The wrappers (``qsub``, ``qstat``, ``qdel``, ``qhold``, ``qrls``: Perl, by SchedMD) are written
+for people who type PBS commands on a SLURM cluster; they are real programs by others, so the
+backend is exercised end to end: a real IPython shell runs ``%%cluster`` cells, SLURM runs the
+jobs. They live in a directory of their own (they clash with Grid Engine's ``qsub``), which
+the profile names with the ``bin_dir`` scheduler option: nothing's ``PATH`` changes.
+
+The helpers at the top are reused by ``test_sge.py``. Parsing of real Torque / PBS Pro output
+that the wrappers cannot produce (``exit_status``, wrapped lines, ``qstat -x`` XML) is tested on
+verbatim-shaped samples at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+from IPython.utils.capture import capture_output
+
+import testclusters
+from clusterjupyter import api
+from clusterjupyter.backends import backend_for
+from clusterjupyter.errors import ClusterError, JobFailedError
+from clusterjupyter.jobdir import JobPaths
+from clusterjupyter.schedulers.pbs import PBSScheduler, parse_qstat_full, parse_qstat_xml
+from clusterjupyter.states import JobState
+from clusterjupyter.transports import LocalTransport
+
+from conftest import ok, run
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+# -- helpers shared with test_sge.py ------------------------------------------------------------
+
+def ensure(service: str) -> dict:
+    """Start a real test service; one that cannot start fails the test (never skips it)."""
+    try:
+        return testclusters.ensure(service)[service]
+    except RuntimeError as e:
+        pytest.fail(f"test cluster {service!r} cannot start:\n{e}", pytrace=False)
+
+
+def write_profiles(home: Path, profiles: dict) -> None:
+    config = home / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "profiles.toml").write_text(tomli_w.dumps({"profiles": profiles}))
+
+
+def last_job():
+    return api.list_jobs(limit=1)[0]
+
+
+def wait_for(predicate, timeout: float = 240, what: str = "condition") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def wait_started(job, timeout: float = 240) -> None:
+    """Wait for the runner to start (generous: other tests may keep the one node busy)."""
+    paths = JobPaths.from_dir(job.record.job_dir)
+    wait_for(lambda: os.path.exists(paths.started), timeout, f"job {job.id[:8]} to start")
+
+
+def scheduler_env(rec) -> dict:
+    """The scheduler's variables the runner saw (recorded in started.json)."""
+    with open(JobPaths.from_dir(rec.job_dir).started) as f:
+        return json.load(f)["env"]
+
+
+def normalized(script: str, job_dir: str, home: Path) -> str:
+    """A job script with this run's paths replaced by placeholders (for golden files)."""
+    text = script.replace(job_dir, "JOBDIR").replace(str(Path(job_dir).parents[1]), "ROOT")
+    text = text.replace(str(home / "config" / "secret"), "SECRET")
+    text = re.sub(r"# clusterjupyter job [0-9a-f]{32}", "# clusterjupyter job ID", text)
+    return text.replace(shlex.quote(sys.executable), "PYTHON")
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/NAME; CJ_UPDATE_GOLDEN=1 rewrites the file instead."""
+    path = GOLDEN / name
+    if os.environ.get("CJ_UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing (run once with CJ_UPDATE_GOLDEN=1 and review it)"
+    assert text == path.read_text(), f"generated output differs from {path}"
+
+
+def dry_run(shell, line: str) -> str:
+    with capture_output() as cap:
+        ok(shell, f"%%cluster {line} --dry-run\nvalue = 1")
+    return "\n".join(x for x in cap.stdout.splitlines() if not x.startswith("# profile")
+                     and not x.startswith("# inputs") and not x.startswith("# outputs")) + "\n"
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+def cancel_leftovers(jobs: list) -> None:
+    """Cancel the jobs a test left queued or running (a failed assertion must not leave a held
+    or sleeping job on the shared test cluster)."""
+    for job in jobs:
+        try:
+            if not job.record.state.final:
+                job.backend.scheduler.cancel([job.native_id])
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def cleanup():
+    """Jobs appended here are cancelled after the test if still active."""
+    jobs: list = []
+    yield jobs
+    cancel_leftovers(jobs)
+
+
+pytestmark = pytest.mark.pbs
+
+
+@pytest.fixture(scope="module")
+def pbs():
+    return ensure("pbs")
+
+
+@pytest.fixture
+def profile(pbs, cj_home):
+    """A profile "pbs" using the wrappers through ``bin_dir``; the kernel's PATH is unchanged."""
+    # small jobs (the node's 4000 MB are shared with the other real-service tests)
+    write_profiles(cj_home, {"pbs": {"scheduler": "pbs", "resources": {"mem": "300M"},
+                                     "scheduler_options": {"bin_dir": pbs["bin_dir"]}}})
+    assert pbs["bin_dir"] not in os.environ.get("PATH", "")
+    return "pbs"
+
+
+def qcmd(pbs: dict, name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run one of the wrappers from outside clusterjupyter."""
+    return subprocess.run([os.path.join(pbs["bin_dir"], name), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+# -- kernel-level tests on the real wrappers ----------------------------------------------------
+
+def test_values_come_back_from_a_pbs_job(shell, profile):
+    ok(shell, "base = 20")
+    value = ok(shell, f"%%cluster {profile}\nimport os\nanswer = base + 22\n"
+                      "where = os.environ.get('SLURM_JOB_ID')\nanswer * 2")
+    assert value == 84 and shell.user_ns["answer"] == 42
+    rec = last_job()
+    assert rec.state is JobState.COMPLETED and rec.scheduler == "pbs"
+    # it ran under the scheduler: the wrappers' qsub went to SLURM, whose job id qsub printed
+    assert shell.user_ns["where"] == rec.native_id == scheduler_env(rec)["SLURM_JOB_ID"]
+    # the output went where the script said, not to NAME.oID in the current directory
+    assert os.path.exists(JobPaths.from_dir(rec.job_dir).scheduler_log)
+    assert not list(Path.cwd().glob("cell-*.o*"))
+
+
+def test_exception_comes_back_with_its_type(shell, profile):
+    ok(shell, "class Bad(RuntimeError):\n    pass")
+    r = run(shell, f"%%cluster {profile}\nx = 5\nraise Bad(f'no {{x}}')")
+    assert isinstance(r.error_in_exec, shell.user_ns["Bad"]) and str(r.error_in_exec) == "no 5"
+    assert shell.user_ns["x"] == 5 and last_job().state is JobState.FAILED
+
+
+def test_scripts_match_golden_files(shell, profile, cj_home):
+    text = dry_run(shell, f"{profile} --time 1:30:00 --cpus 2 --mem 3G --nodes 1 "
+                          "--partition debug --account physics --gpus 1 --constraint bigmem "
+                          "--name full-options --directive '-m n'")
+    root = backend_for(profile).root
+    check_golden("pbs_full.sh", normalized(text, f"{root}/jobs/{'0' * 32}", cj_home))
+    # the script a real job was submitted with
+    ok(shell, f"%%cluster {profile} --time 5 --cpus 1 --mem 300M --name golden\nv = 1")
+    rec = last_job()
+    script = open(JobPaths.from_dir(rec.job_dir).script).read()
+    check_golden("pbs_job.sh", normalized(script, rec.job_dir, cj_home))
+    assert rec.options == {"time": 300, "cpus": 1, "mem": 300}
+
+
+def test_job_name_cannot_inject(shell, profile, pbs, tmp_path):
+    marker = tmp_path / "pwned"
+    name = f'x";touch {marker};`touch {marker}`$(touch {marker})'
+    ok(shell, f"%%cluster {profile} --name '{name}'\nv = 1")
+    rec = last_job()
+    script = open(JobPaths.from_dir(rec.job_dir).script).read()
+    assert "$(" not in script and "`" not in script and ";touch" not in script
+    assert not marker.exists()
+    assert rec.state is JobState.COMPLETED and rec.name == name
+    # what the scheduler calls it: a plain word, first letter alphabetic, at most 15 characters
+    out = qcmd(pbs, "qstat", "-f", rec.native_id).stdout
+    assert re.search(r"Job_Name = x__touch__tmp_p\n", out), out
+
+
+def test_cancel_from_the_magic_and_with_qdel(shell, profile, pbs, cleanup):
+    job = ok(shell, f"%%cluster {profile} --async\nimport time\ntime.sleep(120)\nnever = 1")
+    cleanup.append(job)
+    wait_started(job)
+    with capture_output() as cap:
+        ok(shell, f"%cluster cancel {job.id[:8]}")
+    assert "cancelled" in cap.stdout and job.state is JobState.CANCELLED
+    # from outside, as a user at a terminal would
+    job = ok(shell, f"%%cluster {profile} --async\nimport time\ntime.sleep(120)\nnever = 1")
+    cleanup.append(job)
+    wait_started(job)
+    assert qcmd(pbs, "qdel", job.native_id).returncode == 0
+    assert job.wait(60) is JobState.CANCELLED
+    assert "never" not in shell.user_ns
+    ok(shell, "pass")
+    assert "never" not in shell.user_ns
+
+
+def test_queue_lists_the_running_job_and_hold_release(shell, profile, cleanup):
+    """Other tests may share the one 2-CPU node: the held job asks for both CPUs, so the
+    running one-CPU blocker keeps it waiting whatever else runs."""
+    sched = backend_for(profile).scheduler
+    blocker = ok(shell, f"%%cluster {profile} --async --name blocker\n"
+                        "import time\ntime.sleep(180)")
+    cleanup.append(blocker)
+    wait_started(blocker)
+    entries = {q.native_id: q for q in sched.queue()}
+    assert entries[blocker.native_id].state is JobState.RUNNING
+    assert entries[blocker.native_id].name == "blocker"
+    with capture_output() as cap:
+        ok(shell, f"%cluster queue {profile}")
+    assert blocker.native_id in cap.stdout and "running" in cap.stdout
+    waiting = ok(shell, f"%%cluster {profile} --async --cpus 2 --name waiting\n"
+                        "after = 'released'")
+    cleanup.append(waiting)
+    sched.hold(waiting.native_id)
+    # a job cancelled before it ever ran ends cancelled too (no exit file, nothing ran)
+    doomed = ok(shell, f"%%cluster {profile} --async --cpus 2 --name doomed\nnever = 1")
+    cleanup.append(doomed)
+    assert doomed.state is JobState.PENDING
+    with capture_output():
+        ok(shell, f"%cluster cancel {doomed.id[:8]}")
+    assert doomed.state is JobState.CANCELLED and "never" not in shell.user_ns
+    blocker.cancel()
+    time.sleep(3)
+    # held: it stays queued although its CPUs are free now
+    assert waiting.state is JobState.PENDING
+    assert sched.status([waiting.native_id], [waiting.id])[waiting.native_id].state \
+        is JobState.PENDING
+    sched.release(waiting.native_id)
+    assert waiting.wait(300) is JobState.COMPLETED
+    ok(shell, "pass")
+    assert shell.user_ns["after"] == "released"
+
+
+def test_time_limit_ends_the_job_as_timeout(shell, profile):
+    """SLURM under the wrappers: limits are whole minutes, checked every 30 s (60–90 s)."""
+    r = run(shell, f"%%cluster {profile} --time 0:00:20\nimport time\ntime.sleep(600)")
+    assert isinstance(r.error_in_exec, JobFailedError) and r.error_in_exec.state == "timeout"
+    rec = last_job()
+    assert rec.state is JobState.TIMEOUT and "walltime" in rec.reason
+    assert rec.finished - rec.started < 120
+
+
+def test_unsafe_work_directory_is_refused(shell, pbs, cj_home, tmp_path):
+    write_profiles(cj_home, {"odd": {"scheduler": "pbs", "workdir": str(tmp_path / "a b;c"),
+                                     "scheduler_options": {"bin_dir": pbs["bin_dir"]}}})
+    r = run(shell, "%%cluster odd\nv = 1")
+    assert "workdir" in str(r.error_in_exec) and "v" not in shell.user_ns
+
+
+# -- parsing real Torque / PBS Pro output (what the wrappers cannot print) ----------------------
+
+TORQUE_FULL = """\
+Job Id: 4127.head.cluster.example.org
+    Job_Name = cell-3
+    Job_Owner = alice@login1.cluster.example.org
+    resources_used.cput = 00:01:02
+    resources_used.mem = 10232kb
+    resources_used.walltime = 00:10:04
+    job_state = C
+    queue = batch
+    exit_status = 271
+    exec_host = node07/3+node07/2
+    Resource_List.walltime = 00:10:00
+    Variable_List = PBS_O_QUEUE=batch,PBS_O_HOME=/home/alice,PBS_O_LOGNAME=al
+\tice,PBS_O_PATH=/usr/bin:/bin
+    comp_time = 1763723065
+
+Job Id: 4128.head.cluster.example.org
+    Job_Name = cell-4
+    Job_Owner = alice@login1.cluster.example.org
+    job_state = C
+    queue = batch
+    exit_status = -10
+    Resource_List.walltime = 01:00:00
+
+Job Id: 4129.head.cluster.example.org
+    Job_Name = cell-5
+    Job_Owner = alice@login1.cluster.example.org
+    job_state = H
+    queue = batch
+
+Job Id: 4130.head.cluster.example.org
+    Job_Name = cell-6
+    job_state = C
+    exit_status = 143
+    resources_used.walltime = 00:00:12
+    Resource_List.walltime = 01:00:00
+"""
+
+TORQUE_XML = """<Data><Job><Job_Id>77.srv</Job_Id><Job_Name>x</Job_Name>
+<job_state>C</job_state><exit_status>0</exit_status><Resource_List><walltime>00:05:00</walltime>
+<nodes>1:ppn=2</nodes></Resource_List><exec_host>n1/0</exec_host></Job></Data>"""
+
+PBSPRO_FULL = """\
+Job Id: 9001.pbs01
+    Job_Name = cell-1
+    job_state = F
+    Exit_status = -29
+    Resource_List.walltime = 00:01:00
+    resources_used.walltime = 00:01:03
+"""
+
+
+def test_torque_qstat_full_parsing_and_states():
+    sched = PBSScheduler(LocalTransport())
+    jobs = {j["job id"]: j for j in parse_qstat_full(TORQUE_FULL)}
+    first = jobs["4127.head.cluster.example.org"]
+    assert first["variable_list"].endswith("PBS_O_LOGNAME=alice,PBS_O_PATH=/usr/bin:/bin")
+    # killed by SIGTERM after the walltime ran out: a timeout, not a cancellation
+    st = sched.native(first)
+    assert st.state is JobState.TIMEOUT and st.host == "node07"
+    st = sched.native(jobs["4128.head.cluster.example.org"])
+    assert st.state is JobState.OUT_OF_MEMORY
+    st = sched.native(jobs["4129.head.cluster.example.org"])
+    assert st.state is JobState.PENDING and "held" in st.reason
+    st = sched.native(jobs["4130.head.cluster.example.org"])     # qdel: the runner got TERM
+    assert st.state is JobState.CANCELLED and "SIGTERM" in st.reason
+    [xml] = parse_qstat_xml(TORQUE_XML)
+    assert xml["job id"] == "77.srv" and xml["resource_list.walltime"] == "00:05:00"
+    assert sched.native(xml).state is JobState.COMPLETED
+    [pro] = parse_qstat_full(PBSPRO_FULL)
+    assert sched.native(pro).state is JobState.TIMEOUT
+
+
+def test_job_ids_and_unsupported_requests():
+    sched = PBSScheduler(LocalTransport())
+    assert sched.parse_job_id("4127.head.cluster.example.org\n") == \
+        "4127.head.cluster.example.org"
+    assert sched.parse_job_id("15\n") == "15"
+    assert sched.parse_job_id("12[].pbs01\n") == "12[].pbs01"
+    assert sched.job_name("3 models; rm -rf ~") == "j3_models__rm_-"
+    with pytest.raises(ClusterError, match="count"):
+        sched.gpu_count("a100:2")
+    with pytest.raises(ClusterError, match="history"):
+        PBSScheduler(LocalTransport(), {"history": "sometimes"})
+    with pytest.raises(ClusterError, match="command_env"):
+        PBSScheduler(LocalTransport(), {"command_env": {"A B": "1"}}).call(["true"])
+    sched = PBSScheduler(LocalTransport(), {"bin_dir": "/opt/pbs/bin", "qdel": "/usr/local/qdel"})
+    assert sched.command("qsub") == "/opt/pbs/bin/qsub"
+    assert sched.command("qdel") == "/usr/local/qdel"
+
+
+def test_qstat_x_is_dropped_once_the_wrappers_refuse_it(pbs):
+    sched = PBSScheduler(LocalTransport(), {"bin_dir": pbs["bin_dir"]})
+    assert sched.status(["999999"], ["x"]) == {}
+    assert sched._history is False       # the wrappers' qstat has no -x
+
+
+def test_a_job_whose_runner_cannot_start_says_why(shell, pbs, cj_home):
+    """The wrappers report every finished job as C without an exit status: a job that ended
+    without an exit file is reported as such (not left pending), with the scheduler log."""
+    write_profiles(cj_home, {"broken": {"scheduler": "pbs", "python": "/nonexistent/python3",
+                                        "scheduler_options": {"bin_dir": pbs["bin_dir"]}}})
+    r = run(shell, "%%cluster broken\nv = 1")
+    err = r.error_in_exec
+    assert isinstance(err, JobFailedError) and err.state == "failed"
+    assert "without an exit file" in str(err) and "/nonexistent/python3" in str(err)
