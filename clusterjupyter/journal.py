@@ -174,3 +174,27 @@ class Journal:
 
     def __iter__(self) -> Iterator[JobRecord]:
         return iter(self.list())
+
+
+def format_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def summary(rec: JobRecord) -> str:
+    """One line describing a job's state (used by the status line and ``%cluster status``)."""
+    parts = [f"job {rec.id[:8]}", rec.name, f"[{rec.profile}"
+             + (f" #{rec.native_id}]" if rec.native_id else "]"), rec.state.value]
+    if rec.reason:
+        parts.append(f"({rec.reason})")
+    if rec.started:
+        parts.append(format_seconds(rec.elapsed))
+    if rec.host and rec.state.final:
+        parts.append(f"on {rec.host}")
+    return " ".join(parts)

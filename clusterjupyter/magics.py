@@ -23,7 +23,7 @@ from .capture import analyze, gather
 from .errors import ClusterError, ProfileError
 from .jobs import (Follower, Job, PushBack, Waiter, apply_result, failure, publish_display,
                    register_source)
-from .journal import JobRecord
+from .journal import JobRecord, format_seconds, summary
 from .payload import pack_inputs
 from .profiles import get_profile, load_profiles
 from .resources import Resources
@@ -43,48 +43,6 @@ SUBCOMMANDS = {
     "queue": "show the scheduler's queue of a profile",
     "panel": "open the job monitor panel",
 }
-
-
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-def summary(rec: JobRecord) -> str:
-    """One line describing a job's state (used by the status line and ``%cluster status``)."""
-    parts = [f"job {rec.id[:8]}", rec.name, f"[{rec.profile}"
-             + (f" #{rec.native_id}]" if rec.native_id else "]"), rec.state.value]
-    if rec.reason:
-        parts.append(f"({rec.reason})")
-    if rec.started:
-        parts.append(_fmt_seconds(rec.elapsed))
-    if rec.host and rec.state.final:
-        parts.append(f"on {rec.host}")
-    return " ".join(parts)
-
-
-class StatusLine:
-    """A live one-line status in the cell (Jupyter kernels); silent in a plain shell."""
-
-    def __init__(self, shell: Any, rec: JobRecord):
-        self.handle = None
-        self.last = ""
-        if getattr(shell, "kernel", None) is not None:
-            from IPython.display import display
-
-            self.handle = display({"text/plain": summary(rec)}, raw=True, display_id=True)
-
-    def update(self, rec: JobRecord) -> None:
-        text = summary(rec)
-        if self.handle is not None and text != self.last:
-            self.handle.update({"text/plain": text}, raw=True)
-        self.last = text
 
 
 def _unquoted(args: Any) -> Any:
@@ -199,7 +157,7 @@ class ClusterMagics(Magics):
         name = args.name or f"{stem}-{shell.execution_count}"
         sub = Submission(source=source, has_result=analysis.has_result, packed=packed,
                          name=name, resources=resources, outputs=analysis.outputs,
-                         deleted=analysis.deleted, kernel_id=_kernel_id(), notebook=notebook,
+                         deleted=analysis.deleted, kernel_id=_kernel_id(shell), notebook=notebook,
                          progress=_progress_factory())
         return sub, analysis
 
@@ -229,7 +187,9 @@ class ClusterMagics(Magics):
         job = Job(rec, backend)
         if args.job:
             self.shell.user_ns[args.job] = job
-        status = StatusLine(self.shell, rec)
+        from .widgets import JobStatus
+
+        status = JobStatus(self.shell, rec)
         if args.async_:
             assert self.pushback is not None
             self.pushback.watch(job, status)
@@ -320,7 +280,7 @@ class ClusterMagics(Magics):
         for r in recs:
             print(f"{r.id[:8]:<9} {r.name[:18]:<18} {r.profile[:10]:<10} "
                   f"{(r.native_id or '-')[:9]:<9} {r.state.value:<13} "
-                  f"{_fmt_seconds(r.elapsed):>8}  {r.reason[:60]}")
+                  f"{format_seconds(r.elapsed):>8}  {r.reason[:60]}")
         return None
 
     def _refresh(self, recs: list[JobRecord]) -> None:
@@ -433,7 +393,10 @@ class ClusterMagics(Magics):
         return Panel()
 
 
-def _kernel_id() -> str:
+def _kernel_id(shell: Any = None) -> str:
+    if getattr(shell, "kernel", None) is None:
+        # not a Jupyter kernel: importing ipykernel here would swap the comm manager
+        return f"pid-{os.getpid()}"
     try:
         from ipykernel import get_connection_file
 

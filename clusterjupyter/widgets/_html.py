@@ -1,0 +1,100 @@
+"""HTML fragments for the widgets: badges, rows, log views, messages.
+
+Every value that comes from a job, a profile, a scheduler or a log goes through :func:`esc`.
+Colours are inline (no custom CSS or JavaScript); neutral colours use JupyterLab's theme
+variables with fallbacks, so the fragments read well in light and dark themes and in any
+frontend that renders ipywidgets 8.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable
+
+from ..journal import JobRecord
+from ..states import JobState
+
+STATE_COLOURS = {
+    JobState.PENDING: "#b26a00",
+    JobState.RUNNING: "#1565c0",
+    JobState.COMPLETED: "#2e7d32",
+    JobState.FAILED: "#c62828",
+    JobState.CANCELLED: "#616161",
+    JobState.TIMEOUT: "#e65100",
+    JobState.OUT_OF_MEMORY: "#6a1b9a",
+    JobState.LOST: "#37474f",
+}
+BORDER = "var(--jp-border-color2, #ccc)"
+MUTED = "var(--jp-ui-font-color2, #666)"
+ERROR = "var(--jp-error-color1, #c62828)"
+OK = "var(--jp-success-color1, #2e7d32)"
+
+
+def esc(value: object) -> str:
+    """``value`` as text, HTML-escaped (quotes too: it may end up in an attribute)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def fmt_seconds(s: float | None, precise: bool = False) -> str:
+    """``42s``, ``3m05s``, ``2h07m`` (``0.4s`` under ten seconds if ``precise``); ``-`` for None."""
+    if s is None:
+        return "-"
+    if precise and s < 10:
+        return f"{max(s, 0):.1f}s"
+    s = int(max(s, 0))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def elapsed_text(rec: JobRecord, now: float | None = None) -> str:
+    """Running (or ran) time; time in the queue while pending."""
+    if rec.started is None:
+        if rec.state is JobState.PENDING:
+            return "queued " + fmt_seconds((now or time.time()) - rec.submitted)
+        return "-"
+    return fmt_seconds(rec.elapsed, precise=rec.state.final)
+
+
+def badge(state: JobState | str) -> str:
+    state = JobState.parse(state) if isinstance(state, str) else state
+    colour = STATE_COLOURS.get(state, "#555")
+    return (f'<span class="cj-badge cj-{esc(state.value)}" style="background:{colour};'
+            'color:#fff;border-radius:3px;padding:0 .45em;font-size:90%;white-space:nowrap">'
+            f'{esc(state.value.replace("_", " "))}</span>')
+
+
+def grid(cells: Iterable[str], columns: str, header: bool = False) -> str:
+    """One row of a table as a CSS grid; ``cells`` are HTML already escaped."""
+    style = ("white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-width:0"
+             + (";font-weight:600" if header else ""))
+    inner = "".join(f'<div style="{style}">{c}</div>' for c in cells)
+    return (f'<div style="display:grid;grid-template-columns:{columns};gap:0 .8em;'
+            f'align-items:center;line-height:1.6">{inner}</div>')
+
+
+def titled(text: str, title: str | None = None, code: bool = False) -> str:
+    """``text`` escaped, with a tooltip (``title``) holding the full value."""
+    tag = "code" if code else "span"
+    tip = f' title="{esc(title)}"' if title else ""
+    return f"<{tag}{tip}>{esc(text)}</{tag}>"
+
+
+def log_view(text: str, empty: str = "(nothing yet)", max_height: str = "20em") -> str:
+    """A scrolling log; ``column-reverse`` keeps it scrolled to the newest line without JS."""
+    body = esc(text) if text else f'<span style="color:{MUTED}">{esc(empty)}</span>'
+    return (f'<div style="max-height:{max_height};overflow:auto;display:flex;'
+            f'flex-direction:column-reverse;border:1px solid {BORDER};border-radius:2px">'
+            '<pre style="margin:0;padding:4px 6px;white-space:pre-wrap;word-break:break-all;'
+            f'font-size:90%">{body}</pre></div>')
+
+
+def message(text: str, kind: str = "info") -> str:
+    """A one-line message: ``info``, ``ok`` or ``error``; empty text gives an empty string."""
+    if not text:
+        return ""
+    colour = {"error": ERROR, "ok": OK}.get(kind, MUTED)
+    return f'<span style="color:{colour};white-space:pre-wrap">{esc(text)}</span>'

@@ -1,0 +1,344 @@
+"""The panel's Jobs tab: this user's jobs from the journal (all kernels), live, with actions."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+
+from .. import api
+from ..journal import JobRecord
+from ..states import JobState
+from . import _html as H
+from ._kernel import call_when_idle, on_main_thread, route_to_subshell
+from ._live import Background, close_tree, hub
+
+if TYPE_CHECKING:
+    from .panel import Panel
+
+COLUMNS = "minmax(6em,2fr) 5.5em minmax(5em,1.2fr) 8.5em minmax(6em,3fr) 6.5em"
+HEADERS = ("name", "id", "profile", "state", "reason", "elapsed")
+BUTTON = W.Layout(width="4.6em", margin="0 1px", padding="0")
+STATE_FILTERS = [("all", ""), ("active", "active"), *[(s.value.replace("_", " "), s.value)
+                                                      for s in JobState]]
+LOG_TAIL = 400
+
+
+def _row_html(rec: JobRecord) -> str:
+    native = f" #{rec.native_id}" if rec.native_id else ""
+    reason = rec.reason
+    if rec.state.final and rec.result_status == "pushed":
+        reason = (reason + "; " if reason else "") + "result pushed"
+    cells = [H.titled(rec.name, f"{rec.name}\nnotebook: {rec.notebook or '-'}"),
+             H.titled(rec.id[:8], rec.id, code=True),
+             H.titled(f"{rec.profile}{native}", f"{rec.scheduler} job{native}"),
+             H.badge(rec.state),
+             H.titled(reason, reason),
+             f'<span style="float:right">{H.esc(H.elapsed_text(rec))}</span>']
+    return H.grid(cells, COLUMNS)
+
+
+def _pushable(rec: JobRecord) -> bool:
+    return rec.state.final and (rec.result_status in ("available", "pushed")
+                                or rec.state in (JobState.COMPLETED, JobState.FAILED))
+
+
+class _Row:
+    """One job: an HTML grid row plus its cancel / logs / push buttons."""
+
+    def __init__(self, tab: JobsTab, rec: JobRecord):
+        self.id = rec.id
+        self.record = rec
+        self.html = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="0"))
+        self.cancel = W.Button(description="cancel", tooltip="cancel this job", layout=BUTTON,
+                               _dom_classes=["cj-row-cancel"])
+        self.logs = W.Button(description="logs", tooltip="show this job's logs (live)",
+                             layout=BUTTON, _dom_classes=["cj-row-logs"])
+        self.push = W.Button(description="push", tooltip="load this job's result into this "
+                             "kernel's namespace", layout=BUTTON, _dom_classes=["cj-row-push"])
+        job_id = rec.id
+        self.cancel.on_click(lambda _b: tab.cancel(job_id))
+        self.logs.on_click(lambda _b: tab.show_logs(job_id))
+        self.push.on_click(lambda _b: tab.push(job_id))
+        for b in (self.cancel, self.logs):
+            route_to_subshell(b, tab.kernel)
+        self.box = W.HBox([self.html, self.cancel, self.logs, self.push],
+                          layout=W.Layout(align_items="center", border_bottom=f"1px solid "
+                                          f"{H.BORDER}"), _dom_classes=["cj-job-row"])
+        self.show(rec)
+
+    def show(self, rec: JobRecord) -> None:
+        self.record = rec
+        html = _row_html(rec)
+        if self.html.value != html:
+            self.html.value = html
+        active = not rec.state.final
+        if self.cancel.disabled == active:
+            self.cancel.disabled = not active
+        if self.push.disabled == _pushable(rec):
+            self.push.disabled = not _pushable(rec)
+
+    def close(self) -> None:
+        close_tree(self.box)
+
+
+class JobsTab:
+    """Filters, the job table, a message line and a live log view."""
+
+    #: seconds between journal reads (events from the monitors come at once)
+    interval = 2.0
+    #: slower reads once nothing has been active for a while
+    idle_interval = 10.0
+    idle_after = 300.0
+    log_interval = 2.0
+
+    def __init__(self, panel: Panel, limit: int = 50):
+        self.panel = panel
+        self.kernel = panel.kernel
+        self.limit = limit
+        self.rows: dict[str, _Row] = {}
+        self.records: list[JobRecord] = []
+        self._next = 0.0
+        self._last_active = time.monotonic()
+        self._logs = Background("panel-logs")
+        self._actions = Background("panel-cancel")
+        self._log_job: str | None = None
+        self._log_next = 0.0
+        self._log_done = False
+
+        self.state_filter = W.Dropdown(options=STATE_FILTERS, value="", description="state",
+                                       layout=W.Layout(width="13em"))
+        self.profile_filter = W.Dropdown(options=[("all", "")], value="", description="profile",
+                                         layout=W.Layout(width="15em"))
+        self.refresh_button = W.Button(description="refresh", icon="refresh",
+                                       layout=W.Layout(width="auto"))
+        self.counts = W.HTML(layout=W.Layout(flex="1 1 auto"))
+        self.state_filter.observe(self._filter_changed, "value")
+        self.profile_filter.observe(self._filter_changed, "value")
+        self.refresh_button.on_click(lambda _b: self.reload())
+        route_to_subshell(self.refresh_button, self.kernel)
+        header = W.HBox([W.HTML(H.grid([H.esc(h) for h in HEADERS], COLUMNS, header=True),
+                                layout=W.Layout(flex="1 1 auto", min_width="0")),
+                         W.Box(layout=W.Layout(width="calc(13.8em + 6px)", flex="0 0 auto"))],
+                        layout=W.Layout(border_bottom=f"2px solid {H.BORDER}"))
+        self.table = W.VBox([], layout=W.Layout(max_height="26em", overflow="auto"))
+        self.empty = W.HTML()
+        self.message = W.HTML()
+        self.log_title = W.HTML(layout=W.Layout(flex="1 1 auto"))
+        self.log_stream = W.ToggleButtons(options=list(api.LOG_STREAMS), value="stdout",
+                                          style={"button_width": "7em"})
+        self.log_close = W.Button(description="close", layout=W.Layout(width="auto"))
+        self.log_view = W.HTML()
+        self.log_stream.observe(lambda _c: self._fetch_logs(force=True), "value")
+        self.log_close.on_click(lambda _b: self.hide_logs())
+        self.log_box = W.VBox([W.HBox([self.log_title, self.log_stream, self.log_close],
+                                      layout=W.Layout(align_items="center")), self.log_view],
+                              layout=W.Layout(display="none", margin="6px 0 0 0"))
+        self.widget = W.VBox([
+            W.HBox([self.state_filter, self.profile_filter, self.refresh_button, self.counts],
+                   layout=W.Layout(align_items="center")),
+            header, self.table, self.empty, self.message, self.log_box])
+        self.update_profiles()
+        self.reload()
+
+    # -- reading the journal ------------------------------------------------------------------
+    @property
+    def states(self) -> tuple[str, ...] | None:
+        v = self.state_filter.value
+        if not v:
+            return None
+        return ("pending", "running") if v == "active" else (v,)
+
+    def update_profiles(self) -> None:
+        from ..profiles import load_profiles
+
+        try:
+            names = list(load_profiles())
+        except Exception as e:
+            names = []
+            self.say(f"profiles: {e}", "error")
+        seen = {r.profile for r in self.records}
+        names += sorted(seen - set(names))
+        options = [("all", ""), *[(n, n) for n in names]]
+        with self.panel.lock:
+            current = self.profile_filter.value
+            if list(self.profile_filter.options) != options:
+                self.profile_filter.options = options
+                self.profile_filter.value = current if current in names else ""
+
+    def _filter_changed(self, _change: Any) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the journal now and redraw."""
+        self._next = 0.0
+        self._read()
+        hub.poke()
+
+    def tick(self, events: set[str]) -> None:
+        if events or time.monotonic() >= self._next:
+            self._read()
+        if self._log_job is not None and time.monotonic() >= self._log_next:
+            self._fetch_logs()
+
+    def _read(self) -> None:
+        now = time.monotonic()
+        recs = api.list_jobs(self.states, self.profile_filter.value or None, self.limit)
+        active = [r for r in recs if not r.state.final]
+        if active:
+            self._last_active = now
+            hub.refresh(active)
+        idle = now - self._last_active > self.idle_after
+        self._next = now + (self.idle_interval if idle else self.interval)
+        self.records = recs
+        self._render(recs)
+
+    def _render(self, recs: list[JobRecord]) -> None:
+        with self.panel.lock:
+            keep = {r.id for r in recs}
+            for job_id in [j for j in self.rows if j not in keep]:
+                self.rows.pop(job_id).close()
+            for r in recs:
+                row = self.rows.get(r.id)
+                if row is None:
+                    self.rows[r.id] = _Row(self, r)
+                else:
+                    row.show(r)
+            children = tuple(self.rows[r.id].box for r in recs)
+            if self.table.children != children:
+                self.table.children = children
+            empty = "" if recs else H.message("no jobs in the journal" + (
+                " match these filters" if self.states or self.profile_filter.value else ""))
+            if self.empty.value != empty:
+                self.empty.value = empty
+            counts: dict[str, int] = {}
+            for r in recs:
+                counts[r.state.value] = counts.get(r.state.value, 0) + 1
+            text = " · ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
+            errors = "; ".join(f"{p}: {e}" for p, e in hub.errors.items())
+            value = (f'<span style="color:{H.MUTED}">{H.esc(text)}</span>'
+                     + (" " + H.message(errors, "error") if errors else ""))
+            if self.counts.value != value:
+                self.counts.value = value
+
+    def record(self, job_id: str) -> JobRecord:
+        return api.journal().get(job_id) or api.get_job(job_id)
+
+    def say(self, text: str, kind: str = "info") -> None:
+        with self.panel.lock:
+            self.message.value = H.message(text, kind)
+
+    # -- actions ------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job (in a worker thread: the scheduler may be slow)."""
+        row = self.rows.get(job_id)
+        if row is not None:
+            with self.panel.lock:
+                row.cancel.disabled = True
+        self.say(f"cancelling job {job_id[:8]}…")
+
+        def work() -> None:
+            rec = api.cancel_job(job_id)
+            self.say(f"cancel requested for job {job_id[:8]} on {rec.profile}", "ok")
+            hub.poke()
+
+        def failed(e: BaseException) -> None:
+            self.say(f"could not cancel job {job_id[:8]}: {type(e).__name__}: {e}", "error")
+            if row is not None:
+                with self.panel.lock:
+                    row.cancel.disabled = False
+
+        if not self._actions.submit(work, on_error=failed):
+            # one cancel is under way; run this one in its own worker
+            Background("panel-cancel-more").submit(work, on_error=failed)
+
+    def show_logs(self, job_id: str) -> None:
+        """Show (and follow while it runs) the logs of a job."""
+        self._log_job = job_id
+        self._log_done = False
+        rec = self.rows[job_id].record if job_id in self.rows else self.record(job_id)
+        with self.panel.lock:
+            self.log_title.value = (f"<b>logs of {H.esc(rec.name)}</b> "
+                                    f"<code>{H.esc(rec.id[:8])}</code>")
+            self.log_box.layout.display = ""
+        self._fetch_logs(force=True)
+
+    def hide_logs(self) -> None:
+        self._log_job = None
+        with self.panel.lock:
+            self.log_box.layout.display = "none"
+            self.log_view.value = ""
+
+    def _fetch_logs(self, force: bool = False) -> None:
+        job_id = self._log_job
+        if job_id is None or (self._log_done and not force):
+            return
+        self._log_next = time.monotonic() + self.log_interval
+        stream = self.log_stream.value
+
+        def work() -> None:
+            rec = self.record(job_id)
+            text = api.job_logs(job_id, stream, LOG_TAIL)
+            with self.panel.lock:
+                if self._log_job != job_id:
+                    return
+                value = H.log_view(text, f"({stream} is empty so far)" if not rec.state.final
+                                   else f"({stream} is empty)")
+                if self.log_view.value != value:
+                    self.log_view.value = value
+                if rec.state.final:
+                    self._log_done = True  # one read after the end, then stop following
+
+        def failed(e: BaseException) -> None:
+            with self.panel.lock:
+                self.log_view.value = H.message(f"cannot read the {stream} log: {e}", "error")
+
+        self._logs.submit(work, on_error=failed, coalesce=force)
+
+    def push(self, job_id: str) -> None:
+        """Load a finished job's values into this kernel's namespace (between cells)."""
+        shell = self.panel.shell
+        if shell is None:
+            self.say("no IPython kernel to push into", "error")
+            return
+        if not on_main_thread():
+            # the click was handled on a subshell: the namespace is the main thread's business
+            if call_when_idle(shell, lambda: self._push_now(job_id, shell)):
+                self.say(f"job {job_id[:8]}: the result will be pushed when the kernel is idle")
+                return
+        self._push_now(job_id, shell)
+
+    def _push_now(self, job_id: str, shell: Any) -> None:
+        from ..jobs import Job, UnpicklableOutputWarning, apply_result, register_source
+
+        try:
+            rec = self.record(job_id)
+            if not rec.state.final:
+                self.say(f"job {job_id[:8]} is still {rec.state.value}", "error")
+                return
+            job = Job(rec)
+            register_source(rec.id, rec.cell)
+            result = job.result(shell.user_ns, shell.user_module)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UnpicklableOutputWarning)
+                names = apply_result(result, shell.user_ns)
+            job.backend.journal.update(job.id, result_status="pushed")
+        except Exception as e:
+            self.say(f"job {job_id[:8]}: {type(e).__name__}: {e}", "error")
+            return
+        text = f"job {job_id[:8]}: pushed {', '.join(names) if names else 'no names'}"
+        if result.exception is not None:
+            text += (f"; the cell raised {type(result.exception).__name__}: {result.exception} "
+                     f"(%cluster result {job_id[:8]} re-raises it)")
+        for w in caught:
+            text += f"; {w.message}"
+        self.say(text, "error" if result.exception is not None else "ok")
+        self.reload()
+
+    def close(self) -> None:
+        for row in self.rows.values():
+            row.close()
+        self.rows.clear()
+
