@@ -10,6 +10,11 @@ from .jobdir import IntegrityError  # noqa: F401  (re-exported)
 class ClusterError(Exception):
     """Base class of clusterjupyter's own errors."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback through clusterjupyter's internals: the
+        # message says what went wrong and how to fix it
+        return [f"{type(self).__name__}: {self}"]
+
 
 class CommandError(ClusterError):
     """An external command (sbatch, squeue, ssh ...) failed."""
@@ -88,6 +93,10 @@ class RemoteError(ClusterError):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.traceback_text}"
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"RemoteError: {self.type_name}: {self.message}", "",
+                "Remote traceback:", self.traceback_text.rstrip()]
 
 
 class RemoteTraceback(Exception):

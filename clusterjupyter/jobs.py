@@ -138,7 +138,8 @@ def _default_namespace() -> tuple[dict, Any]:
 def failure(backend: Backend, rec: JobRecord) -> JobFailedError:
     """The error for a job that ended without a result: state, reason, exit code, log tail."""
     reason = rec.reason or "no reason was reported"
-    if rec.exit_code is not None and "exit code" not in reason:
+    if rec.exit_code not in (None, 0) and rec.state is JobState.FAILED \
+            and not any(w in reason for w in ("code", "signal")):
         reason += f" (exit code {rec.exit_code})"
     cls = JobCancelledError if rec.state is JobState.CANCELLED else JobFailedError
     return cls(rec.id[:8], rec.state.value, reason, backend.log_tail(rec))
@@ -205,8 +206,9 @@ def apply_result(result: JobResult, namespace: dict) -> list[str]:
         namespace.pop(name, None)
     if result.warnings:
         lines = "; ".join(f"{n}: {why}" for n, why in result.warnings.items())
-        warnings.warn(f"not sent back from the cluster (the other names were): {lines}",
-                      UnpicklableOutputWarning, stacklevel=2)
+        warnings.warn_explicit(
+            f"not sent back from the cluster (the other names were): {lines}",
+            UnpicklableOutputWarning, filename=f"<cluster-cell-{result.job_id[:8]}>", lineno=1)
     return [*result.values, *(f"del {n}" for n in result.deleted)]
 
 

@@ -23,7 +23,7 @@ from .capture import analyze, gather
 from .errors import ClusterError, ProfileError
 from .jobs import (Follower, Job, PushBack, Waiter, apply_result, failure, publish_display,
                    register_source)
-from .journal import JobRecord, format_seconds, summary
+from .journal import JobRecord, format_seconds
 from .payload import pack_inputs
 from .profiles import get_profile, load_profiles
 from .resources import Resources
@@ -297,9 +297,7 @@ class ClusterMagics(Magics):
     def _cmd_status(self, rest: str) -> Job:
         rec = api.get_job(self._one_arg(rest, "job id"))
         self._refresh([rec])
-        rec = api.get_job(rec.id)
-        print(summary(rec))
-        return Job(rec)
+        return Job(api.get_job(rec.id))
 
     def _cmd_logs(self, rest: str) -> None:
         parts = rest.split()
