@@ -82,7 +82,7 @@ class Backend:
     @property
     def watch_interval(self) -> float:
         """Seconds between exit-file checks while a cell waits."""
-        return 0.01 if isinstance(self.transport, LocalTransport) else 0.1
+        return 0.01 if isinstance(self.transport, LocalTransport) else 0.05
 
     @property
     def root(self) -> str:

@@ -1,0 +1,435 @@
+"""SLURM scheduler: golden job scripts, tables, and cells on the project's real one-node SLURM,
+from the login node (local transport) and over SSH (scripts/testclusters.sh).
+
+The slow time-limit job is submitted ``--async`` when the module starts and checked by the last
+test, so its minute overlaps the other tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+from clusterjupyter import api
+from clusterjupyter.errors import ClusterError, JobCancelledError, JobFailedError
+from clusterjupyter.jobdir import JobPaths
+from clusterjupyter.resources import Resources
+from clusterjupyter.schedulers.base import JobSpec
+from clusterjupyter.schedulers.slurm import SlurmScheduler, job_name
+from clusterjupyter.states import JobState
+from clusterjupyter.transports import LocalTransport
+from test_ssh import (close_shell_and_backends, ensure, last_job, make_env, new_module_shell, ok,
+                      run, ssh_profile, started_doc)
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = bool(os.environ.get("CJ_UPDATE_GOLDEN"))
+JOB = "0123456789abcdef0123456789abcdef"
+ROOT = "/home/alice/.clusterjupyter"
+
+
+# -- golden job scripts (no cluster needed) -----------------------------------------------------
+
+def spec(name: str = "analysis-3", root: str = ROOT, **resources: object) -> JobSpec:
+    return JobSpec(job_id=JOB, name=name, paths=JobPaths(root, JOB),
+                   resources=Resources.parse(resources), python="/opt/conda/bin/python",
+                   secret_path=f"{root}/.secret", prelude=[], env={})
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE or not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from the golden file (CJ_UPDATE_GOLDEN=1)"
+
+
+def test_golden_defaults():
+    check_golden("slurm_defaults.sh", SlurmScheduler(LocalTransport()).render(spec()))
+
+
+def test_golden_all_options():
+    s = spec(time="90m", mem="4G", cpus=4, gpus="a100:2", nodes=1, partition="debug",
+             account="proj-7", qos="high", constraint="intel&avx2",
+             directives=["--exclusive", "#SBATCH --licenses=matlab:1"])
+    s.prelude = ["module load python/3.11", "source /opt/env.sh"]
+    s.env = {"OMP_NUM_THREADS": "4", "TOKEN_HINT": "a b$c"}
+    s.pythonpath = f"{ROOT}/lib/0011223344556677"
+    check_golden("slurm_all_options.sh", SlurmScheduler(LocalTransport()).render(s))
+
+
+def test_golden_hostile_values_stay_inert():
+    s = spec(name='x"; touch /tmp/pwned $(id) `id`\n#SBATCH --wrap=id',
+             root="/home/a b/.cj", constraint="[rack1|rack2]&gpu")
+    text = SlurmScheduler(LocalTransport()).render(s)
+    check_golden("slurm_hostile.sh", text)
+    directives = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
+    assert directives[0] == "#SBATCH --job-name=x___touch__tmp_pwned___id___id___SBATCH_--wrap=id"
+    assert '#SBATCH --output="/home/a b/.cj/jobs/' + JOB + '/scheduler.log"' in directives
+    assert not any("--wrap" in d for d in directives[1:])
+
+
+def test_gpus_style_and_invalid_values():
+    sched = SlurmScheduler(LocalTransport(), {"gpu_directive": "gpus"})
+    assert "--gpus=2" in sched.directives(spec(gpus="2"))
+    assert "--gres=gpu:2" in SlurmScheduler(LocalTransport()).directives(spec(gpus="2"))
+    bad = [spec(constraint='a"b'), spec(directives=["--comment=x\n/usr/bin/id"]),
+           spec(directives=["id"]), spec(root="/tmp/100%/cj")]
+    for s in bad:
+        with pytest.raises(ClusterError):
+            SlurmScheduler(LocalTransport()).render(s)
+    assert job_name("") == "clusterjupyter" and len(job_name("n" * 200)) == 64
+
+
+def test_state_table_exit_codes_and_reasons():
+    s = SlurmScheduler(LocalTransport())
+    expect = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending",
+              "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
+              "COMPLETED": "completed", "FAILED": "failed", "NODE_FAIL": "failed",
+              "BOOT_FAIL": "failed", "PREEMPTED": "failed", "CANCELLED": "cancelled",
+              "CANCELLED+": "cancelled", "TIMEOUT": "timeout", "DEADLINE": "timeout",
+              "OUT_OF_MEMORY": "out_of_memory", "SOMETHING_NEW": "running", "": "lost"}
+    for word, state in expect.items():
+        assert s.map_state(word).value == state, word
+    st = s._native("CANCELLED by 1000", "None", "0:15", "vm")
+    assert (st.state, st.exit_code, st.reason) == \
+        (JobState.CANCELLED, 143, "cancelled by uid 1000; killed by SIGTERM")
+    st = s._native("COMPLETING", "TimeLimit", None, "vm")
+    assert st.state is JobState.TIMEOUT and "time limit" in st.reason
+    st = s._native("PENDING", "Resources", None, "")
+    assert st.state is JobState.PENDING and "resources" in st.reason and st.host == ""
+    st = s._native("FAILED", "NonZeroExitCode", "3:0", "vm")
+    assert (st.state, st.exit_code) == (JobState.FAILED, 3) and "exit code 3" in st.reason
+    assert s._native("OUT_OF_MEMORY", "OutOfMemory", "0:125", "vm").reason == \
+        "ran out of memory (used more than --mem)"
+    assert s.parse_job_id("4242\n") == "4242" and s.parse_job_id("77;cluster2\n") == "77"
+
+
+def test_submit_once_runs_the_command_once(tmp_path):
+    s = SlurmScheduler(LocalTransport())
+    counter = tmp_path / "count"
+    cmd = ["sh", "-c", f"echo run >> {counter}; echo 4242"]
+    first = s.call_once(str(tmp_path), cmd)
+    again = s.call_once(str(tmp_path), cmd)     # a retry after a lost connection
+    assert first.stdout == again.stdout == "4242\n"
+    assert counter.read_text() == "run\n"
+
+
+# -- the real cluster ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clusters():
+    return ensure("slurm", "sshd")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, clusters):
+    ssh, slurm = clusters["ssh"], clusters["slurm"]
+    base = tmp_path_factory.mktemp("slurm-work")
+    bin_dir = base / "bin"
+    bin_dir.mkdir()
+    slow = bin_dir / "slow-sbatch"
+    slow.write_text("#!/bin/sh\nsleep 1.5\nexec sbatch \"$@\"\n")
+    no_acct = bin_dir / "sacct-disabled"
+    no_acct.write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\n"
+                       "exit 1\n")
+    for f in (slow, no_acct):
+        f.chmod(0o755)
+    # small, time-limited jobs: the backfill scheduler can start them beside the slow one
+    res = {"partition": slurm["partition"], "time": "10m", "mem": "300M"}
+    profiles = {
+        "slurm": {"scheduler": "slurm", "python": sys.executable,
+                  "workdir": str(base / "local"), "resources": res},
+        "sshslurm": ssh_profile(ssh, base / "ssh", scheduler="slurm", resources=res),
+        "slowsubmit": ssh_profile(ssh, base / "slow", scheduler="slurm", resources=res,
+                                  scheduler_options={"sbatch": str(slow)}),
+        "noacct": {"scheduler": "slurm", "python": sys.executable,
+                   "workdir": str(base / "noacct"), "resources": res,
+                   "scheduler_options": {"sacct": str(no_acct)}},
+    }
+    e, mp = make_env(tmp_path_factory, "slurm", profiles)
+    e.work = base  # type: ignore[attr-defined]
+    yield e
+    # never leave a job of ours on the shared test cluster, even after a failed test
+    left = [r.native_id for r in api.list_jobs() if r.native_id and not r.state.final]
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True)
+    close_shell_and_backends()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def sh(env):
+    shell = new_module_shell()
+    # the one slow job (time limit: about a minute) starts now and is checked at the end
+    ok(shell, "%%cluster slurm --async --time 1 --mem 100M --name cj-timeout "
+                     "--job timeout_job\n"
+              "import time\ntime.sleep(120)\nnever = 1")
+    yield shell
+
+
+def scontrol(native_id: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", "-o", native_id], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def count_jobs(name: str) -> int:
+    out = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}",
+                          "--format=%i"], capture_output=True, text=True, check=True).stdout
+    return len(out.split())
+
+
+def wait_for(pred, timeout: float = 60.0, step: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {pred}")
+
+
+@pytest.mark.slurm
+def test_cell_on_the_login_node_sees_its_slurm_job(sh, env):
+    ok(sh, "x = 41")
+    with capture_output() as cap:
+        ok(sh, "%cluster script slurm --time 5 --mem 500M --cpus 1")
+    for line in ("#SBATCH --time=00:05:00", "#SBATCH --mem=500M", "#SBATCH --cpus-per-task=1",
+                 "#SBATCH --partition=debug"):
+        assert line in cap.stdout
+    value = ok(sh, "%%cluster slurm --time 5 --mem 500M --cpus 1\nimport os\n"
+                   "jid = os.environ['SLURM_JOB_ID']\ncpt = os.environ.get('SLURM_CPUS_PER_TASK')\n"
+                   "v = x + 1\nv")
+    rec = last_job()
+    assert value == 42 and rec.state is JobState.COMPLETED
+    assert sh.user_ns["jid"] == rec.native_id and sh.user_ns["cpt"] == "1"
+    assert started_doc(rec)["env"]["SLURM_JOB_ID"] == rec.native_id
+    info = scontrol(rec.native_id)
+    assert "TimeLimit=00:05:00" in info and "MinMemoryNode=500M" in info
+    assert re.search(r"\bNumCPUs=1\b", info) and "Partition=debug" in info
+    assert f"StdOut={JobPaths.from_dir(rec.job_dir).scheduler_log}" in info
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_cell_over_ssh_sees_its_slurm_job(sh, env):
+    ok(sh, "base = 10")
+    value = ok(sh, "%%cluster sshslurm --time 2 --mem 300M\nimport os\n"
+                   "jid = os.environ['SLURM_JOB_ID']\n"
+                   "via = os.environ.get('SSH_CONNECTION', '')\nbase * 3")
+    rec = last_job()
+    assert value == 30 and sh.user_ns["jid"] == rec.native_id
+    assert sh.user_ns["via"]            # sbatch ran in the SSH session, its job inherited it
+    info = scontrol(rec.native_id)
+    assert "TimeLimit=00:02:00" in info and "MinMemoryNode=300M" in info
+    r = run(sh, "%%cluster sshslurm\nraise LookupError('not here')")
+    assert isinstance(r.error_in_exec, LookupError) and str(r.error_in_exec) == "not here"
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_golden_script_through_the_magic(sh, env):
+    with capture_output() as cap:
+        ok(sh, "%cluster script sshslurm --time 1:30:00 --mem 2G --cpus 2 --name golden")
+    prof = env.profiles["sshslurm"]
+    where = f"{prof['user']}@{prof['host']}:{prof['port']}"
+    text = cap.stdout.replace(str(env.work), "<WORK>").replace(sys.executable, "<PYTHON>")
+    text = text.replace(where, "<USER>@<HOST>:<PORT>")
+    text = re.sub(r"lib/[0-9a-f]{16}", "lib/<DIGEST>", text)
+    check_golden("slurm_via_magic.sh", text)
+
+
+@pytest.mark.slurm
+def test_dry_run_submits_nothing(sh, env):
+    before = len(api.list_jobs())
+    with capture_output() as cap:
+        ok(sh, "%%cluster slurm --dry-run --time 5\ny = 1")
+    assert "#SBATCH --time=00:05:00" in cap.stdout and "# outputs: y" in cap.stdout
+    assert len(api.list_jobs()) == before
+
+
+@pytest.mark.slurm
+def test_no_injection_through_names_and_options(sh, env, tmp_path):
+    target = tmp_path / "pwned"
+    name = f"x; touch {target}"
+    ok(sh, f"%%cluster slurm --name '{name}'\ndone = 1")
+    rec = last_job()
+    assert sh.user_ns["done"] == 1 and not target.exists()
+    assert "touch" in rec.name and f"JobName={job_name(rec.name)} " in scontrol(rec.native_id)
+    r = run(sh, "%%cluster slurm --partition '$(id)'\n1")
+    assert isinstance(r.error_in_exec, UsageError) and "invalid partition" in str(r.error_in_exec)
+    # free text reaches sbatch as one quoted word, never a shell: sbatch refuses the feature
+    r = run(sh, f"%%cluster slurm --constraint '$(touch {target})'\n1")
+    assert isinstance(r.error_in_exec, UsageError) and "sbatch" in str(r.error_in_exec)
+    assert not target.exists()
+
+
+@pytest.mark.slurm
+def test_scancel_from_outside_cancels_the_cell(sh, env):
+    submitted = time.time()
+
+    def cancel_when_running() -> None:
+        def running():
+            rec = api.list_jobs(limit=1)[0]
+            return rec if rec.submitted >= submitted and rec.native_id and \
+                Path(JobPaths.from_dir(rec.job_dir).started).exists() else None
+        rec = wait_for(running)
+        subprocess.run(["scancel", rec.native_id], check=True)
+
+    th = threading.Thread(target=cancel_when_running)
+    th.start()
+    r = run(sh, "%%cluster slurm\nimport time\ntime.sleep(60)")
+    th.join()
+    err = r.error_in_exec
+    assert isinstance(err, JobCancelledError), repr(err)
+    assert err.state == "cancelled" and "SIGTERM" in str(err)
+    assert last_job().state is JobState.CANCELLED
+
+
+@pytest.mark.slurm
+def test_memory_limit_gives_out_of_memory(sh, env):
+    r = run(sh, "%%cluster slurm --mem 200M\nblock = bytearray(600 << 20)\n"
+                "for i in range(0, len(block), 4096):\n    block[i] = 1\n"
+                "import time\ntime.sleep(10)")
+    err = r.error_in_exec
+    assert isinstance(err, JobFailedError), repr(err)
+    assert err.state == "out_of_memory" and "--mem" in err.reason
+    assert "exceeded memory limit" in err.log_tail
+
+
+@pytest.mark.slurm
+def test_queue_hold_and_release(sh, env):
+    from clusterjupyter.backends import backend_for
+
+    ok(sh, "%%cluster slurm --async --directive=--begin=now+3600 --name cj-held --job held\n"
+           "h = 1")
+    job = sh.user_ns["held"]
+    sched = backend_for("slurm").scheduler
+    mine = wait_for(lambda: [q for q in sched.queue() if q.native_id == job.native_id])
+    assert mine[0].state is JobState.PENDING and mine[0].name == "cj-held"
+    assert "start time" in mine[0].reason and mine[0].user and mine[0].partition == "debug"
+    sched.hold(job.native_id)
+    held = [q for q in sched.queue() if q.native_id == job.native_id][0]
+    assert held.reason.startswith("held by")      # root holds count as an administrator's
+    sched.release(job.native_id)
+    assert job.cancel() is JobState.CANCELLED
+
+
+@pytest.mark.slurm
+def test_works_when_accounting_is_disabled(sh, env):
+    from clusterjupyter.backends import backend_for
+
+    assert ok(sh, "%%cluster noacct\n'no accounting'") == "no accounting"
+    rec = last_job()
+    sched = backend_for("noacct").scheduler
+    # squeue --states=all still knows the finished job (after a moment in COMPLETING)
+    status = wait_for(lambda: (lambda st: st if st[rec.native_id].state.final else None)(
+        sched.status([rec.native_id, "999999999"], [rec.id, "x"])), timeout=30, step=0.2)
+    assert status[rec.native_id].state is JobState.COMPLETED
+    assert "999999999" not in status and getattr(sched, "_no_sacct", False)
+
+
+# -- faults on the real services ----------------------------------------------------------------
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_sshd_restart_while_a_slurm_job_runs(sh, env):
+    import testclusters
+
+    from clusterjupyter.backends import backend_for
+
+    backend = backend_for("sshslurm")
+    ok(sh, "%%cluster sshslurm\nwarm = 1")
+    before = backend.transport.connects
+
+    def restart() -> None:
+        testclusters.restart_sshd()
+        backend.transport.break_connection()
+
+    timer = threading.Timer(1.0, restart)
+    timer.start()
+    try:
+        value = ok(sh, "%%cluster sshslurm\nimport time\nfor i in range(4):\n"
+                       "    print('tick', i, flush=True)\n    time.sleep(1)\n'survived'")
+    finally:
+        timer.join()
+    assert value == "survived" and backend.transport.connects > before
+    assert last_job().state is JobState.COMPLETED
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_upload_cut_is_resumed_and_one_job_is_submitted(sh, env):
+    import numpy as np
+
+    from clusterjupyter.backends import backend_for
+
+    backend = backend_for("sshslurm")
+    sh.user_ns["big"] = np.random.default_rng(7).random(12 << 20)    # 96 MiB
+    blobs = env.work / "ssh" / "blobs"
+    cut = []
+
+    def cut_midway() -> None:
+        def growing():
+            parts = [p for p in blobs.glob(".*.part") if p.stat().st_size > 32 << 20] \
+                if blobs.exists() else []
+            return parts
+        wait_for(growing, timeout=60, step=0.005)
+        backend.transport.break_connection()
+        cut.append(time.time())
+
+    before = backend.transport.connects
+    name = f"cj-upload-{uuid.uuid4().hex[:8]}"
+    th = threading.Thread(target=cut_midway)
+    th.start()
+    value = ok(sh, f"%%cluster sshslurm --name {name} --mem 600M\nfloat(big.sum())")
+    th.join()
+    assert cut and backend.transport.connects > before
+    assert value == pytest.approx(float(sh.user_ns["big"].sum()))
+    assert count_jobs(name) == 1
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_connection_cut_during_sbatch_submits_once(sh, env):
+    from clusterjupyter.backends import backend_for
+
+    backend = backend_for("slowsubmit")
+    ok(sh, "%%cluster slowsubmit\nwarm = 1")
+    jobs = env.work / "slow" / "jobs"
+    seen = {p.name for p in jobs.iterdir()}
+    before = backend.transport.connects
+
+    def cut_while_sbatch_runs() -> None:
+        wait_for(lambda: [p for p in jobs.iterdir()
+                          if p.name not in seen and (p / ".submit").exists()], step=0.01)
+        backend.transport.break_connection()
+
+    name = f"cj-submit-{uuid.uuid4().hex[:8]}"
+    th = threading.Thread(target=cut_while_sbatch_runs)
+    th.start()
+    assert ok(sh, f"%%cluster slowsubmit --name {name}\n'once'") == "once"
+    th.join()
+    assert backend.transport.connects > before
+    assert count_jobs(name) == 1
+
+
+@pytest.mark.slurm
+def test_time_limit_gives_timeout(sh, env):
+    """The job submitted when the module started (``--time 1``, sleeps 120 s)."""
+    job = sh.user_ns["timeout_job"]
+    assert job.wait(150) is JobState.TIMEOUT
+    r = run(sh, f"%cluster result {job.id}")
+    err = r.error_in_exec
+    assert isinstance(err, JobFailedError) and err.state == "timeout", repr(err)
+    assert "time limit" in err.reason
+    assert "never" not in sh.user_ns

@@ -1,0 +1,478 @@
+"""SSH transport on the project's real loopback sshd (scripts/testclusters.sh).
+
+A real IPython shell runs ``%%cluster`` cells on a profile that reaches 127.0.0.1 over SSH with
+no batch scheduler; transport-level tests cover host keys, ~/.ssh/config, ProxyJump, reconnects
+and interrupted uploads. The helpers at the top are reused by ``test_slurm.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+
+import testclusters
+from clusterjupyter import api
+from clusterjupyter.errors import TransportError
+from clusterjupyter.jobdir import JobPaths
+from clusterjupyter.transports.base import Progress
+
+pytestmark = pytest.mark.ssh
+
+# -- helpers shared with test_slurm.py ----------------------------------------------------------
+
+
+def ensure(*services: str) -> dict:
+    """Start the services (real ones, never mocked); a service that cannot start fails the test."""
+    try:
+        return testclusters.ensure(*services)
+    except RuntimeError as e:
+        pytest.fail(f"test clusters {services} cannot start:\n{e}", pytrace=False)
+
+
+def toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def ssh_profile(ssh: dict, workdir: Path, **extra: object) -> dict:
+    prof = {"scheduler": "local", "host": ssh["host"], "port": ssh["port"], "user": ssh["user"],
+            "identity_file": ssh["identity_file"], "known_hosts": ssh["known_hosts"],
+            "python": sys.executable, "workdir": str(workdir)}
+    prof.update(extra)
+    return {k: v for k, v in prof.items() if v is not None}
+
+
+@dataclass
+class Env:
+    base: Path
+    home: Path
+    profiles: dict
+
+
+def make_env(tmp_path_factory, name: str, profiles: dict) -> tuple[Env, pytest.MonkeyPatch]:
+    """A clusterjupyter home with ``profiles`` and a HOME of its own (no personal ~/.ssh)."""
+    mp = pytest.MonkeyPatch()
+    base = tmp_path_factory.mktemp(name)
+    home = base / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    mp.setenv("HOME", str(home))
+    mp.setenv("CLUSTERJUPYTER_HOME", str(base / "cj"))
+    mp.setenv("IPYTHONDIR", str(base / "ipython"))
+    config = base / "cj" / "config"
+    config.mkdir(parents=True)
+    lines = []
+    for pname, body in profiles.items():
+        lines.append(f"[profiles.{pname}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
+        lines.append("")
+    (config / "profiles.toml").write_text("\n".join(lines))
+    return Env(base, home, profiles), mp
+
+
+def new_module_shell():
+    from conftest import new_shell
+
+    return new_shell()
+
+
+def close_shell_and_backends() -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from clusterjupyter import backends
+
+    InteractiveShell.clear_instance()
+    with backends._lock:
+        olds = list(backends._backends.values())
+        backends._backends.clear()
+    for b in olds:
+        try:
+            b.transport.close()
+        except Exception:
+            pass
+
+
+def run(sh, source: str):
+    return sh.run_cell(source, store_history=True)
+
+
+def ok(sh, source: str):
+    r = run(sh, source)
+    if not r.success:
+        raise AssertionError(f"cell failed: {r.error_before_exec or r.error_in_exec!r}")
+    return r.result
+
+
+def last_job():
+    return api.list_jobs(limit=1)[0]
+
+
+def started_doc(rec) -> dict:
+    return json.loads(Path(JobPaths.from_dir(rec.job_dir).started).read_text())
+
+
+def host_key_fingerprint(path: str) -> str:
+    """OpenSSH fingerprint of the key in a .pub file or the first known_hosts line."""
+    words = Path(path).read_text().split()
+    b64 = words[1] if words[0].startswith("ssh-") or words[0].startswith("ecdsa-") \
+        else words[2]
+    blob = base64.b64decode(b64)
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ssh():
+    return ensure("sshd")["ssh"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, ssh):
+    base_name = "ssh"
+    remote = tmp_path_factory.mktemp("ssh-remote")
+    accept_file = remote / "accepted_known_hosts"
+    accept_file.write_text("")
+    profiles = {
+        "sshlocal": ssh_profile(ssh, remote / "work"),
+        "unknown": ssh_profile(ssh, remote / "unknown", known_hosts=ssh["empty_known_hosts"]),
+        "changed": ssh_profile(ssh, remote / "changed",
+                               known_hosts=ssh["unknown_host_known_hosts"]),
+        "changedaccept": ssh_profile(ssh, remote / "changed2",
+                                     known_hosts=ssh["unknown_host_known_hosts"],
+                                     accept_unknown_host=True),
+        "accept": ssh_profile(ssh, remote / "accept", known_hosts=str(accept_file),
+                              accept_unknown_host=True),
+        "alias": {"scheduler": "local", "host": "cj-test-alias", "python": sys.executable,
+                  "workdir": str(remote / "alias")},
+        "jump": ssh_profile(ssh, remote / "jump",
+                            proxy_jump=f"{ssh['user']}@{ssh['host']}:{ssh['port']}"),
+    }
+    e, mp = make_env(tmp_path_factory, base_name, profiles)
+    (e.home / ".ssh" / "config").write_text(
+        f"Host cj-test-alias\n  HostName {ssh['host']}\n  Port {ssh['port']}\n"
+        f"  User {ssh['user']}\n  IdentityFile {ssh['identity_file']}\n"
+        f"  UserKnownHostsFile {ssh['known_hosts']}\n"
+        f"Host cj-test-proxycommand\n  HostName {ssh['host']}\n  Port {ssh['port']}\n"
+        f"  User {ssh['user']}\n  IdentityFile {ssh['identity_file']}\n"
+        f"  UserKnownHostsFile {ssh['known_hosts']}\n"
+        f"  ProxyCommand ssh -F /dev/null -i {ssh['identity_file']} -o BatchMode=yes "
+        f"-o UserKnownHostsFile={ssh['known_hosts']} -p {ssh['port']} "
+        f"{ssh['user']}@{ssh['host']} -W %h:%p\n")
+    e.remote = remote  # type: ignore[attr-defined]
+    yield e
+    close_shell_and_backends()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def sh(env):
+    shell = new_module_shell()
+    yield shell
+
+
+def transport(name: str):
+    from clusterjupyter.profiles import get_profile
+    from clusterjupyter.transports.ssh import SSHTransport
+
+    return SSHTransport.from_profile(get_profile(name))
+
+
+# -- cells over SSH -----------------------------------------------------------------------------
+
+def test_cell_runs_on_the_ssh_host_and_values_come_back(sh, env, ssh, capsys):
+    ok(sh, "x = 21\nnames = ['a', 'b']")
+    value = ok(sh, "%%cluster sshlocal\nimport os\n"
+                   "conn = os.environ.get('SSH_CONNECTION', '')\npid = os.getpid()\n"
+                   "names.append('c')\nprint('hello from', pid)\ny = x * 2\ny")
+    assert value == 42 and sh.user_ns["y"] == 42
+    assert sh.user_ns["names"] == ["a", "b", "c"]
+    # the runner was started by sshd's session (it inherited SSH_CONNECTION: client ip, port,
+    # server ip, server port) and is not the kernel
+    conn = sh.user_ns["conn"].split()
+    assert conn and conn[2] == ssh["host"] and conn[3] == str(ssh["port"])
+    rec = last_job()
+    assert rec.profile == "sshlocal" and rec.state.value == "completed"
+    assert started_doc(rec)["pid"] == sh.user_ns["pid"] != os.getpid()
+    assert rec.job_dir.startswith(str(env.remote / "work"))
+    assert f"hello from {sh.user_ns['pid']}" in capsys.readouterr().out
+
+
+def test_exception_comes_back_with_its_type(sh):
+    r = run(sh, "%%cluster sshlocal\nd = {}\nd['missing']")
+    assert isinstance(r.error_in_exec, KeyError) and "missing" in str(r.error_in_exec)
+    ok(sh, "class Invalid(ValueError):\n    pass")
+    r = run(sh, "%%cluster sshlocal\nraise Invalid('bad value')")
+    assert isinstance(r.error_in_exec, sh.user_ns["Invalid"])
+    assert str(r.error_in_exec) == "bad value"
+
+
+def test_shell_metacharacters_in_the_name_do_nothing(sh, tmp_path):
+    target = tmp_path / "pwned"
+    ok(sh, f"%%cluster sshlocal --name 'x; touch {target}' \nq = 1")
+    assert sh.user_ns["q"] == 1
+    assert not target.exists()
+    assert f"touch {target}" in last_job().name
+
+
+# -- host keys ----------------------------------------------------------------------------------
+
+def test_unknown_host_is_refused_with_fingerprint_and_advice(sh, env, ssh):
+    r = run(sh, "%%cluster unknown\n1")
+    err = r.error_in_exec
+    assert isinstance(err, UsageError)
+    msg = str(err)
+    fp = host_key_fingerprint(ssh["host_public_key"])
+    assert f"[{ssh['host']}]:{ssh['port']}" in msg and "unknown" in msg
+    assert fp in msg and "ssh-keyscan" in msg and "accept_unknown_host = true" in msg
+    assert not (env.remote / "unknown").exists()   # nothing was sent
+
+
+def test_changed_host_key_is_always_refused(sh, env, ssh):
+    other = host_key_fingerprint(ssh["unknown_host_known_hosts"])
+    for name in ("changed", "changedaccept"):
+        r = run(sh, f"%%cluster {name}\n1")
+        msg = str(r.error_in_exec)
+        assert isinstance(r.error_in_exec, UsageError), msg
+        assert "CHANGED" in msg and host_key_fingerprint(ssh["host_public_key"]) in msg
+        assert other in msg and "ssh-keygen -R" in msg
+        assert not (env.remote / name.replace("changedaccept", "changed2")).exists()
+    # accepting unknown hosts never rewrote the mismatching file
+    assert Path(ssh["unknown_host_known_hosts"]).read_text().count("\n") == 1
+
+
+def test_accept_unknown_host_records_the_key(sh, env, ssh):
+    accepted = env.remote / "accepted_known_hosts"
+    assert ok(sh, "%%cluster accept\n'accepted'") == "accepted"
+    lines = accepted.read_text().splitlines()
+    key = Path(ssh["host_public_key"]).read_text().split()
+    assert lines == [f"[{ssh['host']}]:{ssh['port']} {key[0]} {key[1]}"]
+    t = transport("accept")
+    try:   # a new connection verifies against the recorded key, adding nothing
+        assert t.run(["echo", "again"]).stdout == "again\n"
+    finally:
+        t.close()
+    assert accepted.read_text().splitlines() == lines
+
+
+# -- ~/.ssh/config and ProxyJump ----------------------------------------------------------------
+
+def test_ssh_config_alias_is_honoured(sh, env, ssh):
+    t = transport("alias")
+    try:
+        assert (t.target.hostname, t.target.port, t.target.user) == \
+            (ssh["host"], ssh["port"], ssh["user"])
+        assert t.run(["sh", "-c", 'echo "$SSH_CONNECTION"']).stdout.split()[3] == \
+            str(ssh["port"])
+    finally:
+        t.close()
+    assert ok(sh, "%%cluster alias\n6 * 7") == 42
+
+
+def test_proxy_command_from_ssh_config(env, ssh):
+    from clusterjupyter.transports.ssh import SSHTransport, resolve
+
+    t = SSHTransport(resolve("cj-test-proxycommand"))
+    try:
+        assert t.target.proxy_command and "-W" in t.target.proxy_command
+        assert t.run(["echo", "through", "a proxy command"]).stdout == \
+            "through a proxy command\n"
+    finally:
+        t.close()
+
+
+def test_proxy_jump_through_a_jump_host(sh, ssh):
+    t = transport("jump")
+    try:
+        out = t.run(["sh", "-c", 'echo "$SSH_CONNECTION"']).stdout.split()
+        conn = t.connection()
+        assert len(conn.jumps) == 1 and conn.jumps[0].alive
+        # the target session's client is the jump host's sshd (a forwarded connection)
+        assert out[0] == "127.0.0.1" and out[3] == str(ssh["port"])
+    finally:
+        t.close()
+    assert ok(sh, "%%cluster jump\n'via jump'") == "via jump"
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def test_file_operations(env, tmp_path):
+    import numpy as np
+
+    from clusterjupyter import serialize
+
+    t = transport("sshlocal")
+    base = tmp_path / "files"
+    try:
+        assert t.expand("~") == os.path.expanduser(f"~{env.profiles['sshlocal']['user']}")
+        assert t.expand(str(base / "a" / ".." / "b")) == str(base / "b")
+        t.makedirs(str(base / "d1" / "d2"), 0o700)
+        assert (base / "d1" / "d2").is_dir()
+        assert (base / "d1" / "d2").stat().st_mode & 0o777 == 0o700
+        t.write(str(base / "f.txt"), b"line1\nline2\nline3\n", 0o640)
+        assert (base / "f.txt").read_bytes() == b"line1\nline2\nline3\n"
+        assert (base / "f.txt").stat().st_mode & 0o777 == 0o640
+        assert [p.name for p in base.iterdir() if p.name.endswith(".part")] == []
+        many = [str(base / f"missing{i}") for i in range(50)] + [str(base / "f.txt")]
+        assert t.existing(many) == {str(base / "f.txt")}
+        assert t.sizes(many) == {str(base / "f.txt"): 18}
+        assert t.read_from(str(base / "f.txt"), 6, 5) == b"line2"
+        assert t.read_from(str(base / "nothing"), 0) == b""
+        assert t.tail(str(base / "f.txt"), 2) == "line2\nline3\n"
+        with pytest.raises(FileNotFoundError):
+            t.read(str(base / "nothing"))
+        arr = np.arange(6 << 20, dtype=np.float64)     # 48 MiB
+        blob = serialize.dump(arr)
+        prog = Progress(blob.size, "test")
+        t.put_blob(blob, str(base / "blob"), prog)
+        assert prog.done == blob.size
+        assert hashlib.sha256((base / "blob").read_bytes()).hexdigest() == blob.sha256
+        with t.open(str(base / "blob")) as f:
+            head = f.read(10)
+            rest = f.read()
+        assert hashlib.sha256(head + rest).hexdigest() == blob.sha256
+        log = str(base / "spawn.log")
+        pid = t.spawn(["sh", "-c", "echo spawned; sleep 0.2"], log)
+        assert pid.isdigit() and t.spawn(["false"], log) == pid    # idempotent per log
+        deadline = time.time() + 10
+        while b"spawned" not in (base / "spawn.log").read_bytes() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (base / "spawn.log").read_bytes() == b"spawned\n"
+    finally:
+        t.close()
+
+
+# -- broken connections -------------------------------------------------------------------------
+
+def test_reconnects_after_a_drop(env, tmp_path):
+    t = transport("sshlocal")
+    try:
+        assert t.run(["echo", "one"]).stdout == "one\n"
+        assert t.connects == 1
+        t.break_connection()
+        assert t.run(["echo", "two"], retry=True).stdout == "two\n"
+        t.break_connection()
+        assert t.existing([str(tmp_path)]) == {str(tmp_path)}
+        assert t.connects == 3
+    finally:
+        t.close()
+
+
+def test_gives_up_with_a_clear_error(env, ssh):
+    import socket
+
+    from clusterjupyter.transports.ssh import SSHTransport, resolve
+
+    with socket.socket() as s:          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = SSHTransport(resolve(ssh["host"], port=port, user=ssh["user"], profile="closed"))
+    t.retries, t.backoff = 2, 0.01
+    with pytest.raises(TransportError, match=r"cannot connect to .* \(profile 'closed'\) "
+                                             r"after 3 attempts"):
+        t.run(["true"])
+
+
+def test_upload_cut_midway_is_retried_and_resumed(env, tmp_path):
+    import numpy as np
+
+    from clusterjupyter import serialize
+
+    t = transport("sshlocal")
+    blob = serialize.dump(np.random.default_rng(1).random(16 << 20))     # 128 MiB
+    cut_at = blob.size // 3
+    cuts = []
+
+    class Watch(Progress):
+        def update(self, n: int) -> None:
+            super().update(n)
+            if not cuts and self.done >= cut_at:
+                cuts.append(self.done)
+                # another thread cuts the connection in the middle of the upload
+                threading.Thread(target=t.break_connection).start()
+
+    written = []
+    from clusterjupyter.transports import ssh as ssh_mod
+
+    real = ssh_mod._chunks_from
+
+    def spy(b, offset, size):
+        written.append(offset)
+        return real(b, offset, size)
+
+    ssh_mod._chunks_from = spy
+    try:
+        prog = Watch(blob.size, "cut")
+        t.put_blob(blob, str(tmp_path / "blob"), prog)
+    finally:
+        ssh_mod._chunks_from = real
+        t.close()
+    assert cuts and t.connects == 2
+    # the second attempt resumed where the first one's acknowledged writes ended
+    assert len(written) == 2 and written[0] == 0 and written[1] >= cut_at
+    assert hashlib.sha256((tmp_path / "blob").read_bytes()).hexdigest() == blob.sha256
+    assert [p.name for p in tmp_path.iterdir()] == ["blob"]
+
+
+def test_a_command_that_may_have_run_is_not_repeated(env, tmp_path):
+    t = transport("sshlocal")
+    marker = tmp_path / "ran"
+    errors = []
+
+    def go() -> None:
+        try:
+            t.run(["sh", "-c", f"echo ran >> {marker}; sleep 3"])
+        except TransportError as e:
+            errors.append(e)
+
+    try:
+        th = threading.Thread(target=go)
+        th.start()
+        deadline = time.time() + 20
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.02)
+        t.break_connection()
+        th.join(30)
+        assert errors and "may or may not have run" in str(errors[0])
+        time.sleep(0.5)
+        assert marker.read_text() == "ran\n"
+    finally:
+        t.close()
+
+
+def test_sshd_restart_while_a_cell_runs(sh, env):
+    from clusterjupyter.backends import backend_for
+
+    backend = backend_for("sshlocal")
+    ok(sh, "%%cluster sshlocal\nwarm = 1")     # connected, runner shipped
+
+    def restart() -> None:
+        testclusters.restart_sshd()
+        backend.transport.break_connection()    # the client's connection drops as well
+
+    before = backend.transport.connects
+    timer = threading.Timer(1.0, restart)
+    timer.start()
+    try:
+        value = ok(sh, "%%cluster sshlocal\nimport time\nfor i in range(5):\n"
+                       "    print('tick', i, flush=True)\n    time.sleep(1)\nafter = 'done'\nafter")
+    finally:
+        timer.join()
+    assert value == "done" and sh.user_ns["after"] == "done"
+    assert backend.transport.connects > before
