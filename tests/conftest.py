@@ -9,6 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from shells import new_shell  # noqa: E402  (tests/ must be on sys.path first)
+
 
 @pytest.fixture
 def cj_home(tmp_path, monkeypatch):
@@ -18,16 +20,6 @@ def cj_home(tmp_path, monkeypatch):
     return home
 
 
-def new_shell():
-    """A new real InteractiveShell (as after a kernel restart) with the extension loaded."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "clusterjupyter")
-    return shell
-
-
 @pytest.fixture
 def shell(cj_home):
     sh = new_shell()
@@ -35,16 +27,3 @@ def shell(cj_home):
     from IPython.core.interactiveshell import InteractiveShell
 
     InteractiveShell.clear_instance()
-
-
-def run(shell, source: str):
-    """Run a cell; return the ExecutionResult (raises nothing)."""
-    return shell.run_cell(source, store_history=True)
-
-
-def ok(shell, source: str):
-    """Run a cell that must succeed; return its result value."""
-    r = run(shell, source)
-    if not r.success:
-        raise AssertionError(f"cell failed: {r.error_before_exec or r.error_in_exec!r}")
-    return r.result

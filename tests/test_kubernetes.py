@@ -35,7 +35,7 @@ from clusterjupyter.schedulers.kubernetes import KubernetesScheduler
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 
-from conftest import ok, run
+from shells import ok, run
 from test_pbs import check_golden, write_profiles
 
 JOB_ID = "0123456789abcdef0123456789abcdef"

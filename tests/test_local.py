@@ -19,7 +19,7 @@ from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.jobs import Job, UnpicklableOutputWarning
 from clusterjupyter.states import JobState
 
-from conftest import new_shell, ok, run
+from shells import new_shell, ok, run
 
 
 def last_job():

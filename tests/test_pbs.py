@@ -35,7 +35,7 @@ from clusterjupyter.schedulers.pbs import PBSScheduler, parse_qstat_full, parse_
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 
-from conftest import ok, run
+from shells import ok, run
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -22,7 +22,7 @@ from clusterjupyter.schedulers.sge import SGEScheduler, parse_qacct
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 
-from conftest import ok, run
+from shells import ok, run
 from test_pbs import (cancel_leftovers, check_golden, dry_run, ensure, last_job, normalized,
                       scheduler_env, wait_for, wait_started, write_profiles)
 

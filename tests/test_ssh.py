@@ -87,7 +87,7 @@ def make_env(tmp_path_factory, name: str, profiles: dict) -> tuple[Env, pytest.M
 
 
 def new_module_shell():
-    from conftest import new_shell
+    from shells import new_shell
 
     return new_shell()
 
