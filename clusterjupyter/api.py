@@ -35,6 +35,38 @@ def list_jobs(states: tuple[str, ...] | None = None, profile: str | None = None,
     return journal().list(states, profile, limit)
 
 
+_last_refresh = 0.0
+REFRESH_EVERY = 3.0
+
+
+def refresh_active(force: bool = False) -> None:
+    """Bring the journal's active jobs up to date (one scheduler query per profile).
+
+    Lets any process (the server, a new kernel) notice jobs whose submitting kernel is gone.
+    Throttled to one pass every few seconds unless ``force``.
+    """
+    global _last_refresh
+    import time
+
+    from .backends import backend_for
+    from .profiles import load_profiles
+
+    now = time.time()
+    if not force and now - _last_refresh < REFRESH_EVERY:
+        return
+    _last_refresh = now
+    profiles = load_profiles()
+    groups: dict[str, list[JobRecord]] = {}
+    for rec in journal().active():
+        if rec.profile in profiles:
+            groups.setdefault(rec.profile, []).append(rec)
+    for name, recs in groups.items():
+        try:
+            backend_for(profiles[name]).refresh(recs)
+        except Exception:  # an unreachable cluster must not break the listing
+            continue
+
+
 def get_job(ref: str) -> JobRecord:
     """One job by id, id prefix, name or native id. Raises KeyError if unknown."""
     return journal().find(ref)

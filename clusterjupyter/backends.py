@@ -28,7 +28,7 @@ from .profiles import Profile, get_profile, load_profiles
 from .resources import Resources
 from .schedulers import JobSpec, scheduler_class
 from .states import JobState
-from .transports import LocalTransport, Progress, Transport
+from .transports import LocalTransport, Transport
 
 #: modules the runner needs on the cluster (shipped when the profile says ship_runner)
 RUNTIME_MODULES = ("__init__.py", "runner.py", "serialize.py", "jobdir.py", "_display.py",

@@ -266,6 +266,14 @@ class Monitor:
                 time.sleep(0.25)
         # a cancel may come from another process (another kernel, the sidebar)
         latest = self.backend.journal.get(t.record.id)
+        if latest is not None and latest.state.final:
+            # another process (the kernel, the server) already recorded the end: keep its word
+            t.record = latest
+            with self._lock:
+                self._jobs.pop(latest.id, None)
+            t.done.set()
+            self._emit(t)
+            return
         cancelled = t.cancel_requested or (latest is not None
                                            and latest.reason == CANCEL_REQUESTED)
         state, reason, code = final_state(runner, t.native, cancelled)

@@ -127,7 +127,7 @@ class Profile:
                 raise ProfileError(f"invalid environment variable name {key!r}", name, "env")
         kw["env"] = {k: str(v) for k, v in kw.get("env", {}).items()}
         profile = cls(**kw)
-        profile.default_resources  # validates resources, naming the field
+        Resources.parse(profile.resources, profile.name)  # names a bad resource field
         return profile
 
 

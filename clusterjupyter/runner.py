@@ -22,7 +22,6 @@ import ast
 import builtins
 import hashlib
 import io
-import json
 import linecache
 import os
 import signal

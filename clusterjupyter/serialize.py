@@ -6,11 +6,11 @@ second 1 GiB ``bytes`` object::
 
     b"CJB1" | u32 nbuf | u64 len(pickle) | u64 len(buffer_i) * nbuf | pickle | buffer_0 | ...
 
-Values are pickled with the C pickler when possible and with dill when the value involves something
-the C pickler would get wrong: functions and classes defined in the notebook (``__main__``) travel by
-value. Classes that already exist on the receiving side under the same name in ``__main__`` are sent
-as references (persistent ids), so an instance of a notebook class comes back as an instance of the
-kernel's own class and ``isinstance`` keeps working.
+Values are pickled with the C pickler when possible and with dill when the value involves
+something the C pickler would get wrong: functions and classes defined in the notebook
+(``__main__``) travel by value. Classes that already exist on the receiving side under the same
+name in ``__main__`` are sent as references (persistent ids), so an instance of a notebook class
+comes back as an instance of the kernel's own class and ``isinstance`` keeps working.
 
 This module is imported by the runner: it depends on the standard library only, and imports dill
 lazily, the first time a value needs it.

@@ -345,3 +345,28 @@ async def test_post_with_login_cookie_needs_xsrf(jp_fetch, jp_serverapp):
     body = await fetch_json(jp_fetch, "jobs", rec.id, "cancel", method="POST", body=b"",
                             headers=browser)
     assert body["id"] == rec.id
+
+
+async def test_jobs_of_a_kernel_that_died_still_reach_their_end(jp_fetch, home):
+    """The kernel that submitted a job exits at once; the server notices the job's end."""
+    script = (
+        "import os\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "sh = InteractiveShell.instance()\n"
+        "sh.run_line_magic('load_ext', 'clusterjupyter')\n"
+        "r = sh.run_cell('%%cluster --async --name orphan\\nimport time\\ntime.sleep(1)\\nx = 1')\n"
+        "assert r.success, r.error_in_exec\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, env=os.environ.copy(), timeout=60)
+    rec = api.get_job("orphan")
+    assert rec.state is JobState.PENDING or rec.state is JobState.RUNNING
+    deadline = time.time() + 40
+    state = None
+    while time.time() < deadline:
+        jobs = (await fetch_json(jp_fetch, "jobs"))["jobs"]
+        state = next(j["state"] for j in jobs if j["id"] == rec.id)
+        if state == "completed":
+            break
+        await asyncio.sleep(0.5)
+    assert state == "completed"
+    assert api.get_job(rec.id).result_status == "available"

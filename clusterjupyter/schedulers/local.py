@@ -62,7 +62,7 @@ class LocalScheduler(Scheduler):
             alive[pid] = args
         exited = getattr(self.transport, "exited", {})
         out = {}
-        for native_id, job_id in zip(native_ids, job_ids):
+        for native_id, job_id in zip(native_ids, job_ids, strict=True):
             # the pid must still be our job's process (pids are reused)
             if native_id in alive and job_id in alive[native_id]:
                 out[native_id] = NativeStatus(JobState.RUNNING, native="running")

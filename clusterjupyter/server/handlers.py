@@ -90,6 +90,7 @@ class JobsHandler(_Handler):
             raise _error(400, str(exc)) from None
         profile = self.get_argument("profile", "") or None
         limit = self._int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        await self._run(api.refresh_active)  # jobs whose kernel is gone still move on
         jobs = await self._run(api.list_jobs, parsed or None, profile, limit)
         self._reply({"jobs": [job.to_json() for job in jobs]})
 

@@ -110,7 +110,7 @@ class Transport(abc.ABC):
     def remove_tree(self, path: str) -> None:
         self.run(["rm", "-rf", "--", path])
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: most transports hold nothing)
         """Release connections (the transport may be used again afterwards)."""
 
 
