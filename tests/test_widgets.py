@@ -207,6 +207,12 @@ def test_filters(shell: Any, home: Any, panel: Any) -> None:
         cancel_quietly(sleeper)
 
 
+def api_job_state(job_id: str) -> str:
+    from clusterjupyter import api
+
+    return api.get_job(job_id).state.value
+
+
 def test_jobs_from_other_processes_are_refreshed(shell: Any, panel: Any, home: Any) -> None:
     """A job another process submitted and left pending is followed by the backends' monitor."""
     import subprocess
@@ -221,6 +227,7 @@ def test_jobs_from_other_processes_are_refreshed(shell: Any, panel: Any, home: A
     wait_for(lambda: job_id in panel.jobs.rows, what="the other process's job")
     wait_for(lambda: "cj-completed" in panel.jobs.rows[job_id].html.value,
              what="completed, seen through refresh()")
+    assert api_job_state(job_id) == "completed"
 
 
 # -- Profiles tab ----------------------------------------------------------------------------
