@@ -25,6 +25,7 @@ from clusterjupyter import api
 from clusterjupyter.errors import TransportError
 from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.transports.base import Progress
+from shells import ok, run  # noqa: F401  (run is re-exported to test_slurm.py)
 
 pytestmark = pytest.mark.ssh
 
@@ -106,17 +107,6 @@ def close_shell_and_backends() -> None:
             b.transport.close()
         except Exception:
             pass
-
-
-def run(sh, source: str):
-    return sh.run_cell(source, store_history=True)
-
-
-def ok(sh, source: str):
-    r = run(sh, source)
-    if not r.success:
-        raise AssertionError(f"cell failed: {r.error_before_exec or r.error_in_exec!r}")
-    return r.result
 
 
 def last_job():

@@ -1168,18 +1168,19 @@ class SSHTransport(Transport):
         f.start()
         return io.BufferedReader(f, buffer_size=1 << 20)
 
-    def read(self, path: str) -> bytes:
-        def get(s: _Sftp) -> bytes:
-            h = s.open(path, _O_READ)
+    @staticmethod
+    def _read_and_close(s: _Sftp, h: bytes, offset: int, limit: int | None) -> bytes:
+        try:
+            return b"".join(s.read_all(h, offset, limit))
+        finally:
             try:
-                return b"".join(s.read_all(h, 0, None))
-            finally:
-                try:
-                    s.close(h)
-                except OSError:
-                    pass
+                s.close(h)
+            except OSError:
+                pass
 
-        return self._sftp(f"read {path}", get)
+    def read(self, path: str) -> bytes:
+        return self._sftp(f"read {path}",
+                          lambda s: self._read_and_close(s, s.open(path, _O_READ), 0, None))
 
     def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes:
         def get(s: _Sftp) -> bytes:
@@ -1190,13 +1191,7 @@ class SSHTransport(Transport):
             if limit <= s.max_read:
                 # two round trips: open, then read and close sent together
                 return s.read_once(h, offset, limit)
-            try:
-                return b"".join(s.read_all(h, offset, limit))
-            finally:
-                try:
-                    s.close(h)
-                except OSError:
-                    pass
+            return self._read_and_close(s, h, offset, limit)
 
         return self._sftp(f"read {path}", get)
 
