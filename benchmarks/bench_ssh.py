@@ -13,9 +13,12 @@ Uses the project's test sshd (``tests/testclusters.py``). Rows, interleaved per 
   peak RSS of that kernel process against the array size.
 
 Plus: download of the blob (``transport.open``) against ``scp`` back, the cost of sha256 over
-the array, ``existing()`` as pipelined SFTP stats against one ``sh -c 'for f ...'`` exec, and
-``put_blob`` per cipher. Targets: submit path ≥ 0.9 × scp throughput; re-submission ≤ 2 % of
-the first; kernel peak RSS ≤ 1.25 × the array.
+the array, one remote command through the persistent shell against an exec channel of its own
+(which starts the user's login shell each time), ``existing()`` as pipelined SFTP stats against
+one ``sh -c 'for f ...'`` command, and ``put_blob`` per cipher.
+
+Targets: submit path ≥ 0.9 × scp throughput; re-submission ≤ 2 % of the first; kernel peak RSS
+≤ 1.25 × the array.
 """
 
 from __future__ import annotations
@@ -58,6 +61,26 @@ def hwm() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def settle(job) -> None:
+    """Wait (untimed) until the finished job's processes are gone and its files are flushed.
+
+    The "remote" host of this benchmark is this machine: right after a 1 GiB job its runner is
+    still unmapping memory and the kernel is writing its blob back to disk, which halves the
+    memory bandwidth the next submission's fingerprint pass gets (measured: 35 ms alone, 107
+    ms then). On a cluster that work happens on another machine."""
+    job.wait()
+    pid = int(job.native_id)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    os.sync()
+    time.sleep(0.5)
+
+
 def child(args: argparse.Namespace) -> None:
     """One fresh kernel: first submission of the array, then the same again; prints JSON."""
     import numpy as np
@@ -73,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     r = shell.run_cell("%%cluster sshbench --async --job job\nm = 1", silent=True)
     fixed = time.perf_counter() - t0
-    shell.user_ns["job"].wait()
+    settle(shell.user_ns["job"])
     arr = np.random.default_rng(args.seed).random(args.mib << 17)   # float64: 8 bytes each
     shell.user_ns["arr"] = arr
     rss2 = hwm()
@@ -83,14 +106,21 @@ def child(args: argparse.Namespace) -> None:
         r = shell.run_cell("%%cluster sshbench --async --job job\nn = arr.size", silent=True)
         times.append(time.perf_counter() - t0)
         assert r.success, r.error_in_exec
-        shell.user_ns["job"].wait()         # let the job finish (not timed)
+        settle(shell.user_ns["job"])        # let the job finish and the host settle (not timed)
     peak = hwm()
     t0 = time.perf_counter()
     hashlib.sha256(memoryview(arr).cast("B")).hexdigest()
     sha = time.perf_counter() - t0
+    from clusterjupyter import serialize
+
+    blob = serialize.dump(arr)
+    t0 = time.perf_counter()
+    blob.fingerprint()
+    fingerprint = time.perf_counter() - t0
     print(json.dumps({"first": times[0], "again": times[1], "rss_start": rss0,
                       "rss_connected": rss1, "rss_with_array": rss2, "peak": peak,
-                      "array": arr.nbytes, "sha256": sha, "fixed": fixed}))
+                      "array": arr.nbytes, "sha256": sha, "fixed": fixed,
+                      "fingerprint": fingerprint}))
 
 
 # -- the parent ---------------------------------------------------------------------------------
@@ -190,20 +220,28 @@ def main() -> None:
     first = statistics.median(k["first"] for k in kernel)
     again = statistics.median(k["again"] for k in kernel)
     floor = med[transfers[0][0]]
+    # ratios within a repetition (scp and the kernel measured back to back), then the median:
+    # steadier than a ratio of medians on a machine whose speed drifts during the run
+    scp_runs = results[transfers[0][0]]
+    first_ratio = statistics.median(s / k["first"] for s, k in zip(scp_runs, kernel, strict=True))
+    again_share = statistics.median(k["again"] / k["first"] for k in kernel)
     mib = size / 2**20
     print(f"\n{mib:.0f} MiB, {args.reps} interleaved repetitions (medians), "
           f"{os.cpu_count()} cores, cipher chosen: {t.connection().transport.local_cipher}")
     print(f"{'transfer':<48} {'s':>7} {'MiB/s':>7} {'× scp':>7}")
-    rows = [(name, med[name]) for name, _ in transfers]
-    rows.append(("%%cluster submit path, first (pickle+hash+upload)", first))
-    for name, secs in rows:
+    for name, _ in transfers:
+        secs = med[name]
         print(f"{name:<48} {secs:7.2f} {mib / secs:7.0f} {floor / secs:7.2f}")
+    print(f"{'%%cluster submit path, first (pickle+hash+upload)':<48} {first:7.2f} "
+          f"{mib / first:7.0f} {first_ratio:7.2f}  (median of per-repetition ratios)")
     k0 = kernel[len(kernel) // 2]
     sha = statistics.median(k["sha256"] for k in kernel)
     fixed = statistics.median(k["fixed"] for k in kernel)
-    print(f"\n{'re-submission, array unchanged':<48} {again:7.3f} s = {again / first:.1%} of the "
-          f"first\n{'  of which: sha256 of the array':<48} {sha:7.3f} s = {sha / first:.1%}\n"
-          f"{'  a cell with no input (per-job floor)':<48} {fixed:7.3f} s = {fixed / first:.1%}")
+    fp = statistics.median(k["fingerprint"] for k in kernel)
+    print(f"\n{'re-submission, array unchanged':<48} {again:7.3f} s = {again_share:.1%} of the "
+          f"first\n{'  of which: xxh3 fingerprint of the array':<48} {fp:7.3f} s\n"
+          f"{'  a cell with no input (per-job floor)':<48} {fixed:7.3f} s\n"
+          f"{'sha256 of the array (overlaps the first upload)':<48} {sha:7.3f} s")
     peak = statistics.median(k["peak"] for k in kernel)
     print(f"{'kernel peak RSS':<48} {peak / 2**20:7.0f} MiB = {peak / k0['array']:.2f} × the "
           f"array (RSS before the array: {k0['rss_connected'] / 2**20:.0f} MiB; growth during "
@@ -244,7 +282,21 @@ def main() -> None:
                 ssh_mod.PREFERRED_CIPHERS = saved
             print(f"{cipher:<48} {secs:7.2f} {mib / secs:7.0f}")
 
-    print(f"\n{'existing(paths): one round trip':<32} {'SFTP stats ms':>14} {'sh -c exec ms':>14}")
+    conn = t.connection()
+    shell_t, chan_t = [], []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        t.run(["true"])
+        shell_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        t._exec_channel(conn, ["true"], None, 60, None)
+        chan_t.append(time.perf_counter() - t0)
+    print(f"\n{'one remote command (true)':<48} {'ms':>7}")
+    print(f"{'  persistent shell (run)':<48} {statistics.median(shell_t) * 1000:7.1f}")
+    print(f"{'  exec channel of its own (login shell starts)':<48} "
+          f"{statistics.median(chan_t) * 1000:7.1f}")
+
+    print(f"\n{'existing(paths): one round trip':<32} {'SFTP stats ms':>14} {'sh -c ms':>14}")
     script = 'for f; do [ -e "$f" ] && printf "%s\\n" "$f"; done; true'
     for n in (1, 10, 100, 1000):
         paths = [str(remote / f"f{i}") for i in range(n)]
@@ -259,9 +311,9 @@ def main() -> None:
         print(f"{n:>6} paths{'':<20} {statistics.median(sftp_t) * 1000:14.1f} "
               f"{statistics.median(exec_t) * 1000:14.1f}")
 
-    print(f"\ntargets: submit path ≥ 0.9 × scp: {'meets' if floor / first >= 0.9 else 'MISSES'} "
-          f"({floor / first:.2f}); re-submission ≤ 2 %: "
-          f"{'meets' if again / first <= 0.02 else 'MISSES'} ({again / first:.1%}); "
+    print(f"\ntargets: submit path ≥ 0.9 × scp: {'meets' if first_ratio >= 0.9 else 'MISSES'} "
+          f"({first_ratio:.2f}); re-submission ≤ 2 %: "
+          f"{'meets' if again_share <= 0.02 else 'MISSES'} ({again_share:.1%}); "
           f"peak RSS ≤ 1.25 × array: {'meets' if peak / k0['array'] <= 1.25 else 'MISSES'} "
           f"({peak / k0['array']:.2f})")
     t.close()

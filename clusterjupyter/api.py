@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import serialize
 from .journal import Journal, JobRecord
 from .paths import journal_path
 from .states import JobState
@@ -24,6 +25,7 @@ def journal() -> Journal:
     path = journal_path()
     if _journal is None or _journal.path != path:
         _journal = Journal(path)
+        serialize.fingerprint_store = _journal.fingerprints
     return _journal
 
 

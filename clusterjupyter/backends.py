@@ -133,8 +133,8 @@ class Backend:
         marker = posixpath.join(pkg, ".complete")
         if not self.transport.existing([marker]):
             self.transport.makedirs(pkg)
-            for name, data in files.items():
-                self.transport.write(posixpath.join(pkg, name), data, 0o600)
+            self.transport.write_many({posixpath.join(pkg, name): (data, 0o600)
+                                       for name, data in files.items()})
             self.transport.write(marker, b"", 0o600)
         return lib
 
@@ -160,28 +160,12 @@ class Backend:
         t = self.transport
         t.makedirs(paths.dir, 0o700)
         key = self.key
-        blob_paths = {name: paths.blob(b.sha256) for name, b in sub.packed.blobs.items()}
-        present = t.existing(set(blob_paths.values()))
-        sent: set[str] = set()
-        for name, blob in sub.packed.blobs.items():
-            target = blob_paths[name]
-            if target in present or target in sent:
-                continue
-            progress = None
-            if sub.progress is not None and blob.size >= PROGRESS_THRESHOLD:
-                progress = sub.progress(blob.size, f"sending {name}")
-            try:
-                t.put_blob(blob, target, progress)
-            finally:
-                if progress is not None:
-                    progress.close()
-            sent.add(target)
+        self._send_blobs(sub, paths)
         doc = manifest_doc(job_id, sub.name, sub.source, sub.has_result, sub.packed, key,
                            sub.deleted, sub.outputs)
         data, sig = sign_document(key, "manifest", doc)
-        t.write(paths.manifest, data)
-        t.write(paths.manifest_sig, sig)
-        t.write(paths.script, self.scheduler.render(spec).encode(), 0o700)
+        t.write_many({paths.manifest: (data, 0o600), paths.manifest_sig: (sig, 0o600),
+                      paths.script: (self.scheduler.render(spec).encode(), 0o700)})
         rec = JobRecord(id=job_id, name=sub.name, profile=self.name,
                         scheduler=self.scheduler.name, state=JobState.PENDING,
                         submitted=time.time(), cell=sub.source, job_dir=paths.dir,
@@ -197,6 +181,53 @@ class Backend:
         self.journal.update(job_id, native_id=rec.native_id)
         self.monitor.track(rec)
         return rec
+
+    def _send_blobs(self, sub: Submission, paths: JobPaths) -> None:
+        """Put every input blob under its content address, sending only what is not there.
+
+        A large blob whose address is not known yet is hashed in a thread while it is sent to a
+        staging name, then renamed to its address: the upload does not wait for the hash.
+        """
+        t = self.transport
+        blobs = sub.packed.blobs
+        known = {name: b.known_sha256() for name, b in blobs.items()}
+        present = t.existing({paths.blob(sha) for sha in known.values() if sha})
+        for n, (name, blob) in enumerate(blobs.items()):
+            sha = blob.known_sha256()    # also known now if an equal blob was just sent
+            if sha is not None and paths.blob(sha) in present:
+                continue
+            progress = None
+            if sub.progress is not None and blob.size >= PROGRESS_THRESHOLD:
+                progress = sub.progress(blob.size, f"sending {name}")
+            try:
+                if sha is not None:
+                    t.put_blob(blob, paths.blob(sha), progress)
+                else:
+                    sha = self._put_hashing(blob, paths, n, progress)
+            finally:
+                if progress is not None:
+                    progress.close()
+            present.add(paths.blob(sha))
+
+    def _put_hashing(self, blob: Any, paths: JobPaths, n: int, progress: Any) -> str:
+        t = self.transport
+        digest = blob.hash_in_background()
+        staging = posixpath.join(paths.blobs, f".incoming-{paths.job_id}-{n}")
+        try:
+            t.put_blob(blob, staging, progress)
+        except BaseException:
+            digest()
+            raise
+        try:
+            sha = digest()
+            t.rename(staging, paths.blob(sha))
+        except BaseException:
+            try:
+                t.remove_tree(staging)
+            except Exception:
+                pass
+            raise
+        return sha
 
     # -- after ------------------------------------------------------------------------------
     def has_result(self, rec: JobRecord) -> bool:

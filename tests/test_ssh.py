@@ -348,6 +348,133 @@ def test_file_operations(env, tmp_path):
         t.close()
 
 
+def test_commands_share_one_persistent_shell_without_sharing_state(env, tmp_path):
+    t = transport("sshlocal")
+    opened = []
+    try:
+        home = t.home()                      # the SFTP session is open before counting
+        conn = t.connection()
+        real_open = conn.open_channel
+
+        def counting():
+            opened.append(1)
+            return real_open()
+
+        conn.open_channel = counting
+        r = t.run(["sh", "-c", "cd /; export CJ_X=1; printf 'no newline'; printf 'to err' >&2; "
+                   "exit 3"], check=False)
+        assert (r.returncode, r.stdout, r.stderr) == (3, "no newline", "to err")
+        # no cd, export or stdin reaches the next command (cat gets end of file at once)
+        r = t.run(["sh", "-c", 'pwd; echo "x=${CJ_X-unset}"; cat; echo "cat: $?"'])
+        assert r.stdout == f"{home}\nx=unset\ncat: 0\n"
+        arg = f"it's $(touch {tmp_path}/pwned) `touch {tmp_path}/pwned2` \n; | & > *"
+        assert t.run(["printf", "%s", arg]).stdout == arg
+        assert list(tmp_path.iterdir()) == []
+        # large outputs on both streams at once do not block each other
+        r = t.run(["sh", "-c", "head -c 3000000 /dev/zero >&2; head -c 5000000 /dev/zero; "
+                   "echo done"])
+        assert (len(r.stdout), r.stdout[-5:], len(r.stderr)) == (5000005, "done\n", 3000000)
+        for _ in range(20):
+            t.run(["true"])
+        assert len(opened) == 1              # one shell channel served every command
+        with pytest.raises(TransportError, match="did not finish within"):
+            t.run(["sleep", "5"], timeout=0.3)
+        assert t.run(["echo", "next"]).stdout == "next\n"   # a new shell after the timeout
+        assert len(opened) == 2
+    finally:
+        t.close()
+
+
+def test_login_shell_output_does_not_reach_commands(env, monkeypatch):
+    """Startup files that print (banners, module notices, a line without its newline) are
+    read and dropped before the first command."""
+    import paramiko
+
+    real = paramiko.Channel.exec_command
+
+    def with_banner(chan, command):
+        return real(chan, "echo 'Welcome to the cluster'; echo 'module: notice' >&2; "
+                          "printf 'no newline'; " + command)
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", with_banner)
+    t = transport("sshlocal")
+    try:
+        r = t.run(["sh", "-c", "echo out; echo err >&2"])
+        assert (r.stdout, r.stderr) == ("out\n", "err\n")
+    finally:
+        t.close()
+
+
+def test_concurrent_commands_get_their_own_output(env):
+    from clusterjupyter.transports import ssh as ssh_mod
+
+    t = transport("sshlocal")
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for j in range(15):
+                r = t.run(["sh", "-c", 'echo "$1"; echo "e$1" >&2', "sh", f"{i}-{j}"])
+                assert (r.stdout, r.stderr) == (f"{i}-{j}\n", f"e{i}-{j}\n")
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+        assert errors == []
+        assert 1 <= t.connection()._shells_open <= ssh_mod.SHELLS_PER_CONNECTION
+        assert t.connects == 1
+    finally:
+        t.close()
+
+
+def test_write_many_is_atomic_and_leaves_nothing_on_failure(env, tmp_path):
+    t = transport("sshlocal")
+    big = os.urandom(3 << 20)              # more than one SFTP write
+    try:
+        t.write_many({str(tmp_path / "a"): (b"alpha", 0o600), str(tmp_path / "b"): (big, 0o700),
+                      str(tmp_path / "c"): (b"", 0o640)})
+        assert (tmp_path / "a").read_bytes() == b"alpha" and (tmp_path / "b").read_bytes() == big
+        assert [(tmp_path / n).stat().st_mode & 0o777 for n in "abc"] == [0o600, 0o700, 0o640]
+        with pytest.raises(FileNotFoundError):
+            t.write_many({str(tmp_path / "d"): (b"x", 0o600),
+                          str(tmp_path / "missing" / "e"): (b"y", 0o600)})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+    finally:
+        t.close()
+
+
+def test_unchanged_large_input_is_not_sent_again_even_by_a_new_kernel(sh, env):
+    from clusterjupyter import serialize
+
+    ok(sh, "import numpy as np\nbig = np.random.default_rng(5).random(6 << 20)")  # 48 MiB
+    blob = serialize.dump(sh.user_ns["big"])
+    assert blob.size > serialize.PIPELINE_MIN        # hashed while it is sent
+    expected = hashlib.sha256(b"".join(bytes(p) for p in blob.parts)).hexdigest()
+    serialize._KNOWN.clear()
+    assert ok(sh, "%%cluster sshlocal\nfloat(big.sum())") == float(sh.user_ns["big"].sum())
+    blobs = Path(env.profiles["sshlocal"]["workdir"]) / "blobs"
+    stored = blobs / expected
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == expected
+    assert [p.name for p in blobs.iterdir() if p.name.startswith(".")] == []
+    first = stored.stat()
+    # a new kernel: this process's memory of the blob is gone, the journal's is not
+    serialize._KNOWN.clear()
+    assert ok(sh, "%%cluster sshlocal\nbig.size") == 6 << 20
+    assert (stored.stat().st_ino, stored.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    # with no memory of it at all the blob is sent again, under the same address
+    serialize._KNOWN.clear()
+    api.journal()._conn().execute("DELETE FROM fingerprints")
+    assert ok(sh, "%%cluster sshlocal\nbig.size") == 6 << 20
+    assert stored.stat().st_ino != first.st_ino
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == expected
+    assert [p.name for p in blobs.iterdir() if p.name.startswith(".")] == []
+
+
 # -- broken connections -------------------------------------------------------------------------
 
 def test_reconnects_after_a_drop(env, tmp_path):

@@ -80,9 +80,19 @@ class Transport(abc.ABC):
     def write(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Write ``data`` to ``path`` atomically (temporary name, then rename)."""
 
+    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
+        """Write several small files (path -> (data, mode)), each atomically; a transport with
+        round trips sends them together."""
+        for path, (data, mode) in files.items():
+            self.write(path, data, mode)
+
     @abc.abstractmethod
     def put_blob(self, blob: Blob, path: str, progress: "Progress | None" = None) -> None:
         """Write a blob to ``path`` atomically, streaming its parts (no copy in memory)."""
+
+    @abc.abstractmethod
+    def rename(self, old: str, new: str) -> None:
+        """Move ``old`` to ``new`` atomically, replacing ``new`` if it exists."""
 
     @abc.abstractmethod
     def open(self, path: str) -> IO[bytes]:

@@ -75,6 +75,9 @@ class LocalTransport(Transport):
                 os.unlink(tmp)
             raise
 
+    def rename(self, old: str, new: str) -> None:
+        os.replace(old, new)
+
     def open(self, path: str) -> IO[bytes]:
         return open(path, "rb")
 

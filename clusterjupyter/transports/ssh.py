@@ -39,6 +39,7 @@ import io
 import logging
 import os
 import posixpath
+import select
 import shlex
 import socket
 import struct
@@ -71,6 +72,8 @@ MAX_PACKET_SIZE = (256 - 1) << 10
 #: bytes of SFTP write/read requests kept in flight
 PIPELINE_BYTES = 8 << 20
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+#: persistent remote shells per connection (one per concurrent caller of ``run``)
+SHELLS_PER_CONNECTION = 4
 
 
 class _Lost(Exception):
@@ -601,14 +604,65 @@ class _Sftp:
         typ, data = self.call(_MKDIR, _s(path), struct.pack(">II", _A_PERMISSIONS, mode))
         self.check(typ, data, "mkdir", path)
 
-    def open(self, path: str, flags: int, mode: int | None = None) -> bytes:
+    def send_open(self, path: str, flags: int, mode: int | None = None) -> _Request:
         attrs = struct.pack(">II", _A_PERMISSIONS, mode) if mode is not None \
             else struct.pack(">I", 0)
-        typ, data = self.call(_OPEN, _s(path), struct.pack(">I", flags), attrs)
+        return self.send(_OPEN, _s(path), struct.pack(">I", flags), attrs)
+
+    def handle(self, req: _Request, path: str) -> bytes:
+        typ, data = self.wait(req)
         if typ == _HANDLE:
             return _get_str(data, 0)[0]
         self.check(typ, data, "open", path)
         raise OSError(errno.EPROTO, "open gave no handle", path)
+
+    def open(self, path: str, flags: int, mode: int | None = None) -> bytes:
+        return self.handle(self.send_open(path, flags, mode), path)
+
+    def write_files(self, files: Sequence[tuple[str, str, bytes, int]]) -> None:
+        """Write small files, each through its temporary name then a rename, in two round
+        trips for all of them: every open in flight at once, then every write, close and
+        rename. The server handles one channel's requests in order. ``files``: (temporary
+        path, path, data, mode)."""
+        opens = [(tmp, self.send_open(tmp, _O_WRITE | _O_CREAT | _O_TRUNC, mode))
+                 for tmp, _, _, mode in files]
+        handles: list[tuple[str, bytes]] = []
+        failure: OSError | None = None
+        for tmp, req in opens:
+            try:
+                handles.append((tmp, self.handle(req, tmp)))
+            except OSError as e:
+                failure = failure or e
+        if failure is not None:
+            for tmp, h in handles:      # leave nothing behind
+                self.forget(self.send(_CLOSE, _s(h)))
+                self.forget(self.send(_REMOVE, _s(tmp)))
+            raise failure
+        rename = "posix-rename@openssh.com" in self.extensions
+        checks: list[tuple[_Request, str, str]] = []
+        for (tmp, path, data, _), (_, h) in zip(files, handles, strict=True):
+            hd = _s(h)
+            view = memoryview(data)
+            for start in range(0, len(view), self.max_write):
+                piece = view[start:start + self.max_write]
+                checks.append((self.send(_WRITE, hd, struct.pack(">QI", start, len(piece)),
+                                         piece), "write", tmp))
+            checks.append((self.send(_CLOSE, hd), "close", tmp))
+            if rename:
+                checks.append((self.send(_EXTENDED, _s("posix-rename@openssh.com"), _s(tmp),
+                                         _s(path)), "rename", path))
+        for req, what, path in checks:
+            typ, data = self.wait(req)
+            if failure is None:
+                try:
+                    self.check(typ, data, what, path)
+                except OSError as e:
+                    failure = e
+        if failure is not None:
+            raise failure
+        if not rename:
+            for tmp, path, _, _ in files:
+                self.rename(tmp, path)
 
     def close(self, handle: bytes) -> None:
         typ, data = self.call(_CLOSE, _s(handle))
@@ -720,6 +774,105 @@ class _Sftp:
                 self.forget(r)
 
 
+# -- commands through a persistent shell -------------------------------------------------------
+
+class _Shell:
+    """One long-lived POSIX ``sh`` on the host, running the commands written to its stdin.
+
+    An exec channel per command costs a channel round trip plus the start of the user's login
+    shell, which over SSH sources ``.bashrc`` even when not interactive (module systems, conda
+    and pyenv make that 0.1–1 s on many hosts). A command written to a shell that is already
+    running costs one fork. Each command runs in a subshell with stdin from ``/dev/null``, so
+    nothing it does (``cd``, exports, reading stdin) reaches the next one. Its end is marked on
+    stdout (with the exit status) and on stderr by a random token the command never sees.
+    """
+
+    def __init__(self, conn: "_Connection", deadline: float | None):
+        self.chan = conn.open_channel()
+        self._out = bytearray()
+        self._err = bytearray()
+        try:
+            # what the login shell's startup files print is read and dropped below
+            self.chan.exec_command("exec /bin/sh")
+            token = uuid.uuid4().hex
+            self._write(f"printf '%s\\n' {token}; printf '%s\\n' {token} >&2\n")
+            mark = f"{token}\n".encode()
+            self._until(self._out, mark, deadline)
+            self._until(self._err, mark, deadline)
+        except _ShellGone as e:
+            self.close()
+            raise _Lost(f"cannot start a shell on the host: {e}", sent=False) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _write(self, text: str) -> None:
+        try:
+            self.chan.sendall(text.encode())
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise _ShellGone(e) from None
+
+    def _until(self, buf: bytearray, mark: bytes, deadline: float | None) -> bytes:
+        """Read both streams until ``mark`` is in ``buf``; return what came before it (and drop
+        it and the mark from ``buf``)."""
+        chan = self.chan
+        while True:
+            i = buf.find(mark)
+            if i >= 0:
+                before = bytes(buf[:i])
+                del buf[:i + len(mark)]
+                return before
+            moved = False
+            if chan.recv_ready():
+                self._out += chan.recv(1 << 20)
+                moved = True
+            if chan.recv_stderr_ready():
+                self._err += chan.recv_stderr(1 << 20)
+                moved = True
+            if moved:
+                continue
+            if chan.closed or chan.eof_received or chan.exit_status_ready():
+                # drain what is left before calling the shell gone
+                if not (chan.recv_ready() or chan.recv_stderr_ready()):
+                    raise _ShellGone("the shell on the host ended")
+                continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise socket.timeout()
+            select.select([chan], [], [], 1.0 if left is None else min(left, 1.0))
+
+    def run(self, argv: Sequence[str], deadline: float | None) -> tuple[int, bytes, bytes]:
+        token = uuid.uuid4().hex
+        self._write(f"( {quote_argv(argv)}\n) </dev/null\n"
+                    f"printf '\\n{token} %d\\n' $?; printf '\\n{token}\\n' >&2\n")
+        try:
+            out = self._until(self._out, f"\n{token} ".encode(), deadline)
+            status = self._until(self._out, b"\n", deadline)
+            err = self._until(self._err, f"\n{token}\n".encode(), deadline)
+        except _ShellGone as e:
+            e.sent = True
+            raise
+        return int(status), out, err
+
+    @property
+    def alive(self) -> bool:
+        return not (self.chan.closed or self.chan.eof_received or self.chan.exit_status_ready())
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:
+            pass
+
+
+class _ShellGone(Exception):
+    """The persistent shell ended. ``sent``: a command had been written to it."""
+
+    def __init__(self, cause: BaseException | str, sent: bool = False):
+        self.sent = sent
+        super().__init__(str(cause) or type(cause).__name__)
+
+
 # -- the connection ----------------------------------------------------------------------------
 
 class _Connection:
@@ -736,6 +889,11 @@ class _Connection:
         self.transport: paramiko.Transport | None = None
         self._sftp: _Sftp | None = None
         self._sftp_lock = threading.Lock()
+        self._shells: list[_Shell] = []         # idle persistent shells
+        self._shells_open = 0
+        self._shells_cond = threading.Condition()
+        #: the host would not run a persistent shell: every command gets its own channel
+        self.no_shell = False
         try:
             self._open(fallback or target, via)
         except BaseException:
@@ -829,6 +987,39 @@ class _Connection:
                 self._sftp = _Sftp(chan)
             return self._sftp
 
+    def acquire_shell(self, deadline: float | None) -> _Shell:
+        """An idle persistent shell, or a new one (at most SHELLS_PER_CONNECTION exist)."""
+        with self._shells_cond:
+            while True:
+                while self._shells:
+                    shell = self._shells.pop()
+                    if shell.alive:
+                        return shell
+                    self._shells_open -= 1
+                if self._shells_open < SHELLS_PER_CONNECTION:
+                    self._shells_open += 1
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise socket.timeout()
+                self._shells_cond.wait(left)
+        try:
+            return _Shell(self, deadline)
+        except BaseException:
+            with self._shells_cond:
+                self._shells_open -= 1
+                self._shells_cond.notify()
+            raise
+
+    def release_shell(self, shell: _Shell, reuse: bool) -> None:
+        with self._shells_cond:
+            if reuse and shell.alive and self.alive:
+                self._shells.append(shell)
+            else:
+                self._shells_open -= 1
+                shell.close()
+            self._shells_cond.notify()
+
     def open_channel(self) -> paramiko.Channel:
         if self.transport is None:
             raise _Lost("not connected", sent=False)
@@ -840,6 +1031,10 @@ class _Connection:
             raise _Lost(e, sent=False) from None
 
     def close(self) -> None:
+        with self._shells_cond:
+            idle, self._shells = self._shells, []
+        for shell in idle:
+            shell.close()
         if self._sftp is not None:
             self._sftp.fail(_Lost("closed"))
         if self.transport is not None:
@@ -972,8 +1167,45 @@ class SSHTransport(Transport):
 
     def _exec(self, conn: _Connection, argv: list[str], input: bytes | None,
               timeout: float | None) -> Completed:
-        chan = conn.open_channel()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if input is None and not conn.no_shell:
+            try:
+                return self._in_shell(conn, argv, timeout, deadline)
+            except _Lost as e:
+                if e.sent or not conn.alive:
+                    raise
+                # the host refused the shell (a restricted account): one channel per command
+                log.info("clusterjupyter: no persistent shell on %s; one channel per command",
+                         self.where)
+                conn.no_shell = True
+        return self._exec_channel(conn, argv, input, timeout, deadline)
+
+    def _in_shell(self, conn: _Connection, argv: list[str], timeout: float | None,
+                  deadline: float | None) -> Completed:
+        try:
+            shell = conn.acquire_shell(deadline)
+        except socket.timeout:
+            raise self._timed_out(argv, timeout) from None
+        reuse = False
+        try:
+            code, out, err = shell.run(argv, deadline)
+            reuse = True
+        except socket.timeout:
+            raise self._timed_out(argv, timeout) from None
+        except _ShellGone as e:
+            raise _Lost(e, sent=e.sent) from None
+        finally:
+            # a command cut short (timeout, interrupt) leaves the shell out of step: close it
+            conn.release_shell(shell, reuse)
+        return Completed(argv, code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def _timed_out(self, argv: list[str], timeout: float | None) -> TransportError:
+        return TransportError(f"{argv[0]} did not finish within {timeout} s on "
+                              f"{self.where}: {quote_argv(argv)[:300]}")
+
+    def _exec_channel(self, conn: _Connection, argv: list[str], input: bytes | None,
+                      timeout: float | None, deadline: float | None) -> Completed:
+        chan = conn.open_channel()
         try:
             try:
                 chan.exec_command(quote_argv(argv))
@@ -991,8 +1223,7 @@ class SSHTransport(Transport):
                         raise socket.timeout()
                 code = chan.recv_exit_status()
             except socket.timeout:
-                raise TransportError(f"{argv[0]} did not finish within {timeout} s on "
-                                     f"{self.where}: {quote_argv(argv)[:300]}") from None
+                raise self._timed_out(argv, timeout) from None
             except (OSError, EOFError, paramiko.SSHException) as e:
                 raise _Lost(e) from None
             if code == -1 and not conn.alive:
@@ -1023,6 +1254,7 @@ class SSHTransport(Transport):
     def spawn(self, argv: Sequence[str], log_path: str) -> str:
         """Start ``argv`` detached (``nohup setsid``) and return its pid. Idempotent per
         ``log_path``: a retry after a dropped connection reports the process already started."""
+        # shell builtins only, apart from the job itself: every fork costs here
         script = (
             'log=$1; shift; pidf="$log.pid"\n'
             'if ( set -C; : > "$pidf" ) 2>/dev/null; then\n'
@@ -1031,10 +1263,10 @@ class SSHTransport(Transport):
             '  else\n'
             '    nohup "$@" >>"$log" 2>&1 </dev/null &\n'
             '  fi\n'
-            '  echo $! > "$pidf.tmp" && mv -f "$pidf.tmp" "$pidf"\n'
+            '  echo $! > "$pidf"; echo $!; exit 0\n'
             'fi\n'
             'i=0; until [ -s "$pidf" ]; do i=$((i+1)); [ $i -gt 300 ] && exit 75; sleep 0.1; done\n'
-            'cat "$pidf"\n')
+            'read -r pid < "$pidf"; echo "$pid"\n')
         done = self.run(["sh", "-c", script, "sh", log_path, *argv], retry=True)
         pid = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
         if not pid.isdigit():
@@ -1066,6 +1298,11 @@ class SSHTransport(Transport):
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
         def make(s: _Sftp) -> None:
+            try:
+                s.mkdir(posixpath.normpath(path), mode)    # the parent usually exists
+                return
+            except OSError:
+                pass
             todo = []
             p = posixpath.normpath(path)
             while p not in ("/", ""):
@@ -1105,17 +1342,11 @@ class SSHTransport(Transport):
         return posixpath.join(d, f".{base}.{uuid.uuid4().hex[:12]}.part")
 
     def write(self, path: str, data: bytes, mode: int = 0o600) -> None:
-        tmp = self._tmp_name(path)
+        self.write_many({path: (data, mode)})
 
-        def put(s: _Sftp) -> None:
-            h = s.open(tmp, _O_WRITE | _O_CREAT | _O_TRUNC, mode)
-            try:
-                s.write_all(h, [data], 0)
-            finally:
-                s.close(h)
-            s.rename(tmp, path)
-
-        self._sftp(f"write {path}", put)
+    def write_many(self, files: dict[str, tuple[bytes, int]]) -> None:
+        todo = [(self._tmp_name(path), path, data, mode) for path, (data, mode) in files.items()]
+        self._sftp(f"write {', '.join(files)}", lambda s: s.write_files(todo))
 
     def put_blob(self, blob: Blob, path: str, progress: Progress | None = None) -> None:
         """Stream ``blob`` into a temporary file, then rename it to ``path``. After a broken
@@ -1162,6 +1393,15 @@ class SSHTransport(Transport):
                 except Exception:
                     pass
             raise
+
+    def rename(self, old: str, new: str) -> None:
+        def move(s: _Sftp) -> None:
+            try:
+                s.rename(old, new)
+            except FileNotFoundError:
+                s.stat(new)     # a repeat after a dropped connection: the first one went through
+
+        self._sftp(f"rename {old}", move)
 
     def open(self, path: str) -> IO[bytes]:
         f = _RemoteFile(self, path)
