@@ -242,6 +242,8 @@ def main() -> None:
           f"first\n{'  of which: xxh3 fingerprint of the array':<48} {fp:7.3f} s\n"
           f"{'  a cell with no input (per-job floor)':<48} {fixed:7.3f} s\n"
           f"{'sha256 of the array (overlaps the first upload)':<48} {sha:7.3f} s")
+    print("  per repetition: first " + ", ".join(f"{k['first']:.2f}" for k in kernel)
+          + " s; again " + ", ".join(f"{k['again'] * 1000:.0f}" for k in kernel) + " ms")
     peak = statistics.median(k["peak"] for k in kernel)
     print(f"{'kernel peak RSS':<48} {peak / 2**20:7.0f} MiB = {peak / k0['array']:.2f} × the "
           f"array (RSS before the array: {k0['rss_connected'] / 2**20:.0f} MiB; growth during "

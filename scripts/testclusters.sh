@@ -614,6 +614,9 @@ pbs_status() {
 
 SSH_DIR=$STATE/ssh
 SSHD_CONFIG=$SSH_DIR/sshd_config
+# an unprivileged user who logs in with a password (the tests type it), and a key
+# with a passphrase
+SSH_PASSWORD_USER=cjpassword
 SSHD_PID=$SSH_DIR/sshd.pid
 SSHD_LOG=$LOGDIR/sshd.log
 
@@ -648,6 +651,10 @@ PrintLastLog no
 AcceptEnv LANG LC_*
 Subsystem sftp internal-sftp
 LogLevel INFO
+# Password logins for one unprivileged test user only.
+Match User $SSH_PASSWORD_USER
+    PasswordAuthentication yes
+    AuthorizedKeysFile none
 EOF
 }
 
@@ -660,7 +667,22 @@ sshd_keys() {
         rm -f "$SSH_DIR/$k" "$SSH_DIR/$k.pub"
         ssh-keygen -q -t ed25519 -N '' -C "clusterjupyter-test-$k" -f "$SSH_DIR/$k"
     done
-    write_if_changed "$SSH_DIR/authorized_keys" 600 <"$SSH_DIR/id_ed25519.pub" || true
+    # secrets for the password user and the encrypted key, generated once
+    local f
+    for f in password passphrase; do
+        [[ -s $SSH_DIR/$f ]] || (umask 077 && head -c 18 /dev/urandom | base64 >"$SSH_DIR/$f")
+    done
+    if [[ ! -s $SSH_DIR/id_ed25519_encrypted ]]; then
+        rm -f "$SSH_DIR/id_ed25519_encrypted" "$SSH_DIR/id_ed25519_encrypted.pub"
+        ssh-keygen -q -t ed25519 -N "$(cat "$SSH_DIR/passphrase")" \
+            -C clusterjupyter-test-encrypted -f "$SSH_DIR/id_ed25519_encrypted"
+    fi
+    id -u "$SSH_PASSWORD_USER" >/dev/null 2>&1 ||
+        useradd -m -s /bin/bash "$SSH_PASSWORD_USER" || fail sshd "cannot create user $SSH_PASSWORD_USER"
+    echo "$SSH_PASSWORD_USER:$(cat "$SSH_DIR/password")" | chpasswd ||
+        fail sshd "cannot set the password of $SSH_PASSWORD_USER"
+    cat "$SSH_DIR/id_ed25519.pub" "$SSH_DIR/id_ed25519_encrypted.pub" |
+        write_if_changed "$SSH_DIR/authorized_keys" 600 || true
     # known_hosts holds the real host key; known_hosts_other a different key for
     # the same names (a host-key mismatch); known_hosts_empty nothing (unknown host).
     local names="[127.0.0.1]:$SSH_PORT,[localhost]:$SSH_PORT,[$HOST]:$SSH_PORT"
@@ -694,6 +716,9 @@ sshd_section() {
 \"unknown_host_known_hosts\": $(json_str "$SSH_DIR/known_hosts_other"), \
 \"empty_known_hosts\": $(json_str "$SSH_DIR/known_hosts_empty"), \
 \"host_public_key\": $(json_str "$SSH_DIR/ssh_host_ed25519_key.pub"), \
+\"password_user\": $(json_str "$SSH_PASSWORD_USER"), \"password_file\": $(json_str "$SSH_DIR/password"), \
+\"encrypted_identity_file\": $(json_str "$SSH_DIR/id_ed25519_encrypted"), \
+\"passphrase_file\": $(json_str "$SSH_DIR/passphrase"), \
 \"pid_file\": $(json_str "$SSHD_PID"), \"log\": $(json_str "$SSHD_LOG")}"
 }
 

@@ -475,6 +475,114 @@ def test_unchanged_large_input_is_not_sent_again_even_by_a_new_kernel(sh, env):
     assert [p.name for p in blobs.iterdir() if p.name.startswith(".")] == []
 
 
+# -- logging in -------------------------------------------------------------------------------
+
+@pytest.fixture()
+def person(monkeypatch):
+    """Someone at the keyboard: the only stand-in here. ``answers`` are typed at the prompts,
+    which are recorded; the login itself is the real sshd's."""
+    from clusterjupyter.transports import ssh as ssh_mod
+
+    class Person:
+        def __init__(self) -> None:
+            self.answers: list[str] = []
+            self.prompts: list[str] = []
+
+        def getpass(self, prompt: str = "") -> str:
+            self.prompts.append(prompt)
+            return self.answers[min(len(self.prompts), len(self.answers)) - 1]
+
+    who = Person()
+    monkeypatch.setattr(ssh_mod.getpass, "getpass", who.getpass)
+    monkeypatch.setattr(ssh_mod, "can_prompt", lambda: True)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return who
+
+
+def raw_transport(ssh: dict, **kw):
+    from clusterjupyter.transports.ssh import SSHTransport, resolve
+
+    kw.setdefault("user", ssh["user"])
+    return SSHTransport(resolve(ssh["host"], port=ssh["port"], known_hosts=ssh["known_hosts"],
+                                **kw))
+
+
+def test_password_is_asked_and_never_kept(env, ssh, person):
+    password = Path(ssh["password_file"]).read_text().strip()
+    person.answers = [password]
+    t = raw_transport(ssh, user=ssh["password_user"])
+    try:
+        assert t.run(["id", "-un"]).stdout == f"{ssh['password_user']}\n"
+        assert person.prompts == [f"password for {ssh['password_user']}@{ssh['host']}:"
+                                  f"{ssh['port']}: "]
+        t.break_connection()                 # a new login asks again: nothing was kept
+        assert t.run(["true"], retry=True).returncode == 0
+        assert len(person.prompts) == 2
+        assert password not in repr(vars(t)) + repr(vars(t.target))
+    finally:
+        t.close()
+    person.answers = ["not the password"]
+    t = raw_transport(ssh, user=ssh["password_user"])
+    t.retries = 0
+    with pytest.raises(TransportError, match="cannot log in .*password: Authentication failed"):
+        t.run(["true"])
+
+
+def test_no_password_prompt_without_a_person(env, ssh, monkeypatch):
+    from clusterjupyter.transports import ssh as ssh_mod
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setattr(ssh_mod, "can_prompt", lambda: False)
+    t = raw_transport(ssh, user=ssh["password_user"])
+    with pytest.raises(TransportError, match="passwords are asked only when the notebook can "
+                                             "prompt"):
+        t.run(["true"])
+
+
+def test_key_passphrase_is_asked(env, ssh, person, monkeypatch):
+    from clusterjupyter.transports import ssh as ssh_mod
+
+    person.answers = [Path(ssh["passphrase_file"]).read_text().strip()]
+    key = ssh["encrypted_identity_file"]
+    t = raw_transport(ssh, identity_file=key)
+    try:
+        assert t.run(["echo", "in"]).stdout == "in\n"
+        assert person.prompts == [f"passphrase for {key}: "]
+    finally:
+        t.close()
+    person.answers = ["not the passphrase"]
+    t = raw_transport(ssh, identity_file=key)
+    with pytest.raises(TransportError, match="passphrase not accepted"):
+        t.run(["true"])
+    monkeypatch.setattr(ssh_mod, "can_prompt", lambda: False)
+    t = raw_transport(ssh, identity_file=key)
+    with pytest.raises(TransportError, match="encrypted \\(add it to ssh-agent\\)"):
+        t.run(["true"])
+
+
+def test_ssh_agent_key_is_used(env, ssh, monkeypatch, tmp_path):
+    import subprocess
+
+    sock = str(tmp_path / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while not os.path.exists(sock) and time.time() < deadline:
+            time.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        subprocess.run(["ssh-add", "-q", ssh["identity_file"]], check=True,
+                       stderr=subprocess.DEVNULL)
+        t = raw_transport(ssh)               # no identity file: ~/.ssh is empty here
+        try:
+            assert t.target.identity_files == []
+            assert t.run(["echo", "agent"]).stdout == "agent\n"
+        finally:
+            t.close()
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
 # -- broken connections -------------------------------------------------------------------------
 
 def test_reconnects_after_a_drop(env, tmp_path):

@@ -3,9 +3,14 @@
 What it promises (see :class:`~.base.Transport` for the contract):
 
 * **One connection, shared.** One paramiko ``Transport`` and one SFTP session per
-  :class:`SSHTransport`, used concurrently by the kernel thread and the monitor thread. Every
-  command is a channel of its own; SFTP requests from several threads are multiplexed by request
-  id (:class:`_Sftp`), so a large upload never blocks the monitor's small requests for long.
+  :class:`SSHTransport`, used concurrently by the kernel thread and the monitor thread. SFTP
+  requests from several threads are multiplexed by request id (:class:`_Sftp`), so a large
+  upload never blocks the monitor's small requests for long.
+* **Commands cost a fork, not a login.** Commands are written to long-lived remote ``sh``
+  processes (:class:`_Shell`, one per concurrent caller, at most ``SHELLS_PER_CONNECTION``):
+  about 1 ms each, where an exec channel per command pays for the user's login shell and its
+  startup files every time (0.1–0.15 s on the test host, often more on clusters with module
+  systems). A host that refuses them gets one exec channel per command.
 * **Configuration like OpenSSH.** ``~/.ssh/config`` (HostName, User, Port, IdentityFile,
   IdentitiesOnly, ProxyJump, ProxyCommand, UserKnownHostsFile, HostKeyAlias, ConnectTimeout,
   ServerAliveInterval); the profile's ``user``/``port``/``identity_file``/``proxy_jump`` win.
@@ -314,18 +319,23 @@ def _authenticate(t: paramiko.Transport, target: SSHTarget) -> None:
             if not os.path.exists(path):
                 continue
             try:
-                yield paramiko.PKey.from_path(path), path
-            except paramiko.PasswordRequiredException:
+                key = paramiko.PKey.from_path(path)
+            except (paramiko.PasswordRequiredException, TypeError):
+                # (an encrypted OpenSSH-format key raises TypeError from cryptography)
                 if can_prompt():
                     phrase = getpass.getpass(f"passphrase for {path}: ")
                     try:
-                        yield paramiko.PKey.from_path(path, passphrase=phrase.encode()), path
-                    except paramiko.SSHException as e:
-                        notes.append(f"{path}: {e}")
+                        key = paramiko.PKey.from_path(path, password=phrase.encode())
+                    except (paramiko.SSHException, ValueError, TypeError) as e:
+                        notes.append(f"{path}: passphrase not accepted ({e})")
+                    else:
+                        yield key, path
                 else:
                     notes.append(f"{path}: encrypted (add it to ssh-agent)")
             except (OSError, paramiko.SSHException, ValueError) as e:
                 notes.append(f"{path}: cannot be read ({e})")
+            else:
+                yield key, path
 
     for key, label in key_files(target.identity_files):
         if try_key(key, label):
@@ -634,9 +644,11 @@ class _Sftp:
             except OSError as e:
                 failure = failure or e
         if failure is not None:
-            for tmp, h in handles:      # leave nothing behind
-                self.forget(self.send(_CLOSE, _s(h)))
-                self.forget(self.send(_REMOVE, _s(tmp)))
+            # leave nothing behind (and be done with it before the caller looks)
+            cleanup = [self.send(typ, _s(arg)) for tmp, h in handles
+                       for typ, arg in ((_CLOSE, h), (_REMOVE, tmp))]
+            for req in cleanup:
+                self.wait(req)
             raise failure
         rename = "posix-rename@openssh.com" in self.extensions
         checks: list[tuple[_Request, str, str]] = []
