@@ -81,8 +81,9 @@ class Backend:
 
     @property
     def watch_interval(self) -> float:
-        """Seconds between exit-file checks while a cell waits."""
-        return 0.01 if isinstance(self.transport, LocalTransport) else 0.05
+        """Seconds between exit-file checks while a young job's cell waits (one SFTP stat
+        over SSH, about 0.5 ms of the host's time; the interval grows with the job's age)."""
+        return 0.01 if isinstance(self.transport, LocalTransport) else 0.02
 
     @property
     def root(self) -> str:

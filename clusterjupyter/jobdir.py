@@ -3,6 +3,7 @@
 Layout under a profile's work root (the same on every backend)::
 
     ROOT/blobs/<sha256>              content-addressed input blobs, shared by all jobs of the root
+    ROOT/blobs/.incoming-<uuid>-<n>  a large blob being sent while it is hashed (then renamed)
     ROOT/jobs/<uuid>/                one directory per job, mode 0700
         manifest.json                what to run: cell source, inputs (sha256 + MAC), options
         manifest.sig                 HMAC-SHA256 of manifest.json
