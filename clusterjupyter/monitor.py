@@ -34,6 +34,9 @@ VANISH_GRACE = 5.0
 FIRST_QUERY_DELAY = 1.0
 #: seconds the scheduler gets to say why a runner was stopped by a signal (time limit? memory?)
 SIGNAL_GRACE = 5.0
+#: seconds a job a cell blocks on may sit with a reason it can never start for (a dependency
+#: that failed, more time than the partition allows ...) before it is cancelled
+NEVER_GRACE = 2.0
 
 
 @dataclass
@@ -47,6 +50,7 @@ class _Tracked:
     ended_at: float | None = None         # the scheduler said COMPLETED, no exit file yet
     cancel_requested: bool = False
     since: float = field(default_factory=time.time)
+    never_since: float | None = None      # pending with a reason that never clears
 
 
 class Monitor:
@@ -219,6 +223,11 @@ class Monitor:
                     elif native.state is JobState.PENDING and rec.state is JobState.PENDING:
                         if native.reason != rec.reason and rec.reason != CANCEL_REQUESTED:
                             changes["reason"] = native.reason
+                        t.never_since = (t.never_since or now) if native.never else None
+                        if t.never_since and t.waiters and now - t.never_since >= NEVER_GRACE:
+                            # a blocked cell would wait for ever: say why, and let it go
+                            self._give_up(t, native.reason)
+                            continue
                     elif native.state is JobState.RUNNING and rec.state is JobState.PENDING \
                             and "state" not in changes:
                         changes.update(state=JobState.RUNNING, reason="",
@@ -287,6 +296,19 @@ class Monitor:
                     and self.backend.has_result(rec):
                 changes["result_status"] = "available"
         self._change(t, **changes)
+        with self._lock:
+            self._jobs.pop(rec.id, None)
+        t.done.set()
+
+    def _give_up(self, t: _Tracked, why: str) -> None:
+        """Cancel a job that can never start, recording why."""
+        rec = t.record
+        try:
+            self.backend.scheduler.cancel([rec.native_id or ""])
+        except Exception as e:
+            log.warning("clusterjupyter: cancelling job %s failed: %s", rec.native_id, e)
+        self._change(t, state=JobState.CANCELLED, finished=time.time(),
+                     reason=f"{why}; cancelled, since it could never start")
         with self._lock:
             self._jobs.pop(rec.id, None)
         t.done.set()

@@ -296,6 +296,26 @@ def test_scancel_from_outside_cancels_the_cell(sh, env):
 
 
 @pytest.mark.slurm
+def test_a_cell_whose_job_can_never_start_is_let_go(sh, env):
+    # a real job that fails, and a cell that may only start after it succeeded: SLURM keeps
+    # the cell's job pending with reason DependencyNeverSatisfied for ever
+    failed = subprocess.run(["sbatch", "--parsable", "--partition", "debug", "--output",
+                             "/dev/null", "--wrap", "false"], check=True, capture_output=True,
+                            text=True).stdout.strip().split(";")[0]
+    wait_for(lambda: subprocess.run(["squeue", "-h", "-j", failed], capture_output=True,
+                                    text=True).stdout.strip() == "", timeout=60)
+    r = run(sh, f"%%cluster slurm --directive=--dependency=afterok:{failed}\n'never runs'")
+    err = r.error_in_exec
+    assert isinstance(err, JobCancelledError), repr(err)
+    assert "depends on failed" in str(err) and "could never start" in str(err), str(err)
+    rec = last_job()
+    assert rec.state is JobState.CANCELLED and "could never start" in rec.reason
+    # the scheduler forgot it too: nothing is left in the queue
+    wait_for(lambda: subprocess.run(["squeue", "-h", "-j", rec.native_id], capture_output=True,
+                                    text=True).stdout.strip() == "", timeout=30)
+
+
+@pytest.mark.slurm
 def test_memory_limit_gives_out_of_memory(sh, env):
     r = run(sh, "%%cluster slurm --mem 200M\nblock = bytearray(600 << 20)\n"
                 "for i in range(0, len(block), 4096):\n    block[i] = 1\n"

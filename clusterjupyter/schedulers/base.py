@@ -59,6 +59,7 @@ class NativeStatus:
     exit_code: int | None = None
     native: str = ""                  # the scheduler's own state word
     host: str = ""
+    never: bool = False               # pending, and the scheduler says it can never start so
 
 
 @dataclass

@@ -104,6 +104,15 @@ class SlurmScheduler(Scheduler):
         "JobLaunchFailure": "its batch step failed or was killed",
     }
 
+    #: pending reasons that will not clear by waiting: the job must be changed or cancelled
+    never_reasons: ClassVar[frozenset[str]] = frozenset({
+        "DependencyNeverSatisfied", "PartitionNodeLimit", "PartitionTimeLimit",
+        "PartitionConfig", "BadConstraints", "InvalidAccount", "InvalidQOS",
+        "AccountNotAllowed", "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit",
+        "QOSMaxNodePerJobLimit", "QOSMaxMemoryPerJob", "AssocMaxWallDurationPerJobLimit",
+        "AssocMaxCpuPerJobLimit", "AssocMaxNodesPerJobLimit", "AssocMaxMemPerJob",
+    })
+
     # -- the script -------------------------------------------------------------------------
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
@@ -267,7 +276,8 @@ class SlurmScheduler(Scheduler):
         host = nodes.strip() if nodes.strip() not in ("", "None assigned", "(null)") else ""
         return NativeStatus(state=state, reason=text,
                             exit_code=(128 + signum) if signum else code,
-                            native=base, host=host)
+                            native=base, host=host,
+                            never=state is _S.PENDING and reason in self.never_reasons)
 
     def cancel(self, native_ids: Sequence[str]) -> None:
         if not native_ids:
