@@ -219,17 +219,22 @@ def test_cancel_from_the_magic_and_with_qdel(shell, profile, pbs, cleanup):
     assert "never" not in shell.user_ns
 
 
-def test_queue_lists_the_running_job_and_hold_release(shell, profile, cleanup):
-    """Other tests may share the one 2-CPU node: the held job asks for both CPUs, so the
-    running one-CPU blocker keeps it waiting whatever else runs."""
+def queue_hold_release(shell, profile: str, cleanup: list, *, blocker_seconds: int,
+                       release_timeout: float, check_blocker=None, check_held=None) -> None:
+    """The queue lists a running job; a job cancelled before it ran ends cancelled; a held job
+    stays queued with CPUs free and runs once released. Other tests may share the one 2-CPU
+    node: the held job asks for both CPUs, so the running one-CPU blocker keeps it waiting
+    whatever else runs. (Shared with test_sge.py.)"""
     sched = backend_for(profile).scheduler
     blocker = ok(shell, f"%%cluster {profile} --async --name blocker\n"
-                        "import time\ntime.sleep(180)")
+                        f"import time\ntime.sleep({blocker_seconds})")
     cleanup.append(blocker)
     wait_started(blocker)
     entries = {q.native_id: q for q in sched.queue()}
     assert entries[blocker.native_id].state is JobState.RUNNING
     assert entries[blocker.native_id].name == "blocker"
+    if check_blocker is not None:
+        check_blocker(entries[blocker.native_id])
     with capture_output() as cap:
         ok(shell, f"%cluster queue {profile}")
     assert blocker.native_id in cap.stdout and "running" in cap.stdout
@@ -244,16 +249,21 @@ def test_queue_lists_the_running_job_and_hold_release(shell, profile, cleanup):
     with capture_output():
         ok(shell, f"%cluster cancel {doomed.id[:8]}")
     assert doomed.state is JobState.CANCELLED and "never" not in shell.user_ns
+    if check_held is not None:
+        check_held(sched.status([waiting.native_id], [waiting.id])[waiting.native_id])
     blocker.cancel()
-    time.sleep(3)
-    # held: it stays queued although its CPUs are free now
+    time.sleep(3)     # a few scheduling intervals: free CPUs, yet it must not start
     assert waiting.state is JobState.PENDING
     assert sched.status([waiting.native_id], [waiting.id])[waiting.native_id].state \
         is JobState.PENDING
     sched.release(waiting.native_id)
-    assert waiting.wait(300) is JobState.COMPLETED
+    assert waiting.wait(release_timeout) is JobState.COMPLETED
     ok(shell, "pass")
     assert shell.user_ns["after"] == "released"
+
+
+def test_queue_lists_the_running_job_and_hold_release(shell, profile, cleanup):
+    queue_hold_release(shell, profile, cleanup, blocker_seconds=180, release_timeout=300)
 
 
 def test_time_limit_ends_the_job_as_timeout(shell, profile):

@@ -24,7 +24,8 @@ from clusterjupyter.transports import LocalTransport
 
 from shells import ok, run
 from test_pbs import (cancel_leftovers, check_golden, dry_run, ensure, last_job, normalized,
-                      scheduler_env, wait_for, wait_started, write_profiles)
+                      queue_hold_release, scheduler_env, wait_for, wait_started,
+                      write_profiles)
 
 pytestmark = pytest.mark.sge
 
@@ -136,39 +137,14 @@ def test_cancel_from_the_magic_and_with_qdel(shell, profile, sge, cleanup):
 
 
 def test_queue_lists_the_running_job_and_hold_release(shell, profile, cleanup):
-    sched = backend_for(profile).scheduler
-    blocker = ok(shell, f"%%cluster {profile} --async --name blocker\n"
-                        "import time\ntime.sleep(120)")
-    cleanup.append(blocker)
-    wait_started(blocker)
-    entries = {q.native_id: q for q in sched.queue()}
-    assert entries[blocker.native_id].state is JobState.RUNNING
-    assert entries[blocker.native_id].name == "blocker"
-    assert entries[blocker.native_id].partition == "all.q"
-    with capture_output() as cap:
-        ok(shell, f"%cluster queue {profile}")
-    assert blocker.native_id in cap.stdout and "running" in cap.stdout
-    # two slots: it cannot start while the one-slot blocker runs (the host has two)
-    waiting = ok(shell, f"%%cluster {profile} --async --cpus 2 --name waiting\n"
-                        "after = 'released'")
-    cleanup.append(waiting)
-    sched.hold(waiting.native_id)
-    # a job cancelled before it ever ran is cancelled too (no exit file, nothing ran)
-    doomed = ok(shell, f"%%cluster {profile} --async --cpus 2 --name doomed\nnever = 1")
-    cleanup.append(doomed)
-    assert doomed.state is JobState.PENDING
-    with capture_output() as cap:
-        ok(shell, f"%cluster cancel {doomed.id[:8]}")
-    assert doomed.state is JobState.CANCELLED and "never" not in shell.user_ns
-    st = sched.status([waiting.native_id], [waiting.id])[waiting.native_id]
-    assert st.state is JobState.PENDING and st.native == "hqw" and "held" in st.reason
-    blocker.cancel()
-    time.sleep(3)     # three scheduling intervals: free slots, yet it must not start
-    assert waiting.state is JobState.PENDING
-    sched.release(waiting.native_id)
-    assert waiting.wait(60) is JobState.COMPLETED
-    ok(shell, "pass")
-    assert shell.user_ns["after"] == "released"
+    def on_all_q(entry) -> None:
+        assert entry.partition == "all.q"
+
+    def held(st) -> None:
+        assert st.state is JobState.PENDING and st.native == "hqw" and "held" in st.reason
+
+    queue_hold_release(shell, profile, cleanup, blocker_seconds=120, release_timeout=60,
+                       check_blocker=on_all_q, check_held=held)
 
 
 def test_time_limit_ends_the_job_as_timeout(shell, profile):

@@ -29,7 +29,7 @@ from clusterjupyter.schedulers.slurm import SlurmScheduler, job_name
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 from test_ssh import (close_shell_and_backends, ensure, last_job, make_env, new_module_shell, ok,
-                      run, ssh_profile, started_doc)
+                      run, ssh_profile, started_doc, through_sshd_restart)
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = bool(os.environ.get("CJ_UPDATE_GOLDEN"))
@@ -363,26 +363,10 @@ def test_works_when_accounting_is_disabled(sh, env):
 @pytest.mark.slurm
 @pytest.mark.ssh
 def test_sshd_restart_while_a_slurm_job_runs(sh, env):
-    import testclusters
-
-    from clusterjupyter.backends import backend_for
-
-    backend = backend_for("sshslurm")
-    ok(sh, "%%cluster sshslurm\nwarm = 1")
-    before = backend.transport.connects
-
-    def restart() -> None:
-        testclusters.restart_sshd()
-        backend.transport.break_connection()
-
-    timer = threading.Timer(1.0, restart)
-    timer.start()
-    try:
-        value = ok(sh, "%%cluster sshslurm\nimport time\nfor i in range(4):\n"
-                       "    print('tick', i, flush=True)\n    time.sleep(1)\n'survived'")
-    finally:
-        timer.join()
-    assert value == "survived" and backend.transport.connects > before
+    value = through_sshd_restart(sh, "sshslurm", "import time\nfor i in range(4):\n"
+                                 "    print('tick', i, flush=True)\n    time.sleep(1)\n"
+                                 "'survived'")
+    assert value == "survived"
     assert last_job().state is JobState.COMPLETED
 
 

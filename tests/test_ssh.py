@@ -681,23 +681,31 @@ def test_a_command_that_may_have_run_is_not_repeated(env, tmp_path):
         t.close()
 
 
-def test_sshd_restart_while_a_cell_runs(sh, env):
+def through_sshd_restart(sh, profile: str, cell: str):
+    """Run a blocking ``cell`` on ``profile`` while, a second in, the test sshd restarts and the
+    client's connection drops as well; the value the cell gave (shared with test_slurm.py)."""
     from clusterjupyter.backends import backend_for
 
-    backend = backend_for("sshlocal")
-    ok(sh, "%%cluster sshlocal\nwarm = 1")     # connected, runner shipped
+    backend = backend_for(profile)
+    ok(sh, f"%%cluster {profile}\nwarm = 1")     # connected, runner shipped
 
     def restart() -> None:
         testclusters.restart_sshd()
-        backend.transport.break_connection()    # the client's connection drops as well
+        backend.transport.break_connection()
 
     before = backend.transport.connects
     timer = threading.Timer(1.0, restart)
     timer.start()
     try:
-        value = ok(sh, "%%cluster sshlocal\nimport time\nfor i in range(5):\n"
-                       "    print('tick', i, flush=True)\n    time.sleep(1)\nafter = 'done'\nafter")
+        value = ok(sh, f"%%cluster {profile}\n{cell}")
     finally:
         timer.join()
+    assert backend.transport.connects > before      # it did reconnect
+    return value
+
+
+def test_sshd_restart_while_a_cell_runs(sh, env):
+    value = through_sshd_restart(sh, "sshlocal", "import time\nfor i in range(5):\n"
+                                 "    print('tick', i, flush=True)\n    time.sleep(1)\n"
+                                 "after = 'done'\nafter")
     assert value == "done" and sh.user_ns["after"] == "done"
-    assert backend.transport.connects > before
