@@ -35,8 +35,8 @@ from clusterjupyter.schedulers.kubernetes import KubernetesScheduler
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 
+from helpers import check_golden, write_profiles
 from shells import ok, run
-from test_pbs import check_golden, write_profiles
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
 NS = "science"

@@ -13,21 +13,15 @@ verbatim-shaped samples at the end.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import tomli_w
 from IPython.utils.capture import capture_output
 
-import testclusters
-from clusterjupyter import api
 from clusterjupyter.backends import backend_for
 from clusterjupyter.errors import ClusterError, JobFailedError
 from clusterjupyter.jobdir import JobPaths
@@ -35,87 +29,12 @@ from clusterjupyter.schedulers.pbs import PBSScheduler, parse_qstat_full, parse_
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 
+from helpers import (cancel_leftovers, check_golden, dry_run, ensure, last_job, normalized,
+                     scheduler_env, wait_started, write_profiles)
 from shells import ok, run
 
-GOLDEN = Path(__file__).parent / "golden"
 
-
-# -- helpers shared with test_sge.py ------------------------------------------------------------
-
-def ensure(service: str) -> dict:
-    """Start a real test service; one that cannot start fails the test (never skips it)."""
-    try:
-        return testclusters.ensure(service)[service]
-    except RuntimeError as e:
-        pytest.fail(f"test cluster {service!r} cannot start:\n{e}", pytrace=False)
-
-
-def write_profiles(home: Path, profiles: dict) -> None:
-    config = home / "config"
-    config.mkdir(parents=True, exist_ok=True)
-    (config / "profiles.toml").write_text(tomli_w.dumps({"profiles": profiles}))
-
-
-def last_job():
-    return api.list_jobs(limit=1)[0]
-
-
-def wait_for(predicate, timeout: float = 240, what: str = "condition") -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def wait_started(job, timeout: float = 240) -> None:
-    """Wait for the runner to start (generous: other tests may keep the one node busy)."""
-    paths = JobPaths.from_dir(job.record.job_dir)
-    wait_for(lambda: os.path.exists(paths.started), timeout, f"job {job.id[:8]} to start")
-
-
-def scheduler_env(rec) -> dict:
-    """The scheduler's variables the runner saw (recorded in started.json)."""
-    with open(JobPaths.from_dir(rec.job_dir).started) as f:
-        return json.load(f)["env"]
-
-
-def normalized(script: str, job_dir: str, home: Path) -> str:
-    """A job script with this run's paths replaced by placeholders (for golden files)."""
-    text = script.replace(job_dir, "JOBDIR").replace(str(Path(job_dir).parents[1]), "ROOT")
-    text = text.replace(str(home / "config" / "secret"), "SECRET")
-    text = re.sub(r"# clusterjupyter job [0-9a-f]{32}", "# clusterjupyter job ID", text)
-    return text.replace(shlex.quote(sys.executable), "PYTHON")
-
-
-def check_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/NAME; CJ_UPDATE_GOLDEN=1 rewrites the file instead."""
-    path = GOLDEN / name
-    if os.environ.get("CJ_UPDATE_GOLDEN"):
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing (run once with CJ_UPDATE_GOLDEN=1 and review it)"
-    assert text == path.read_text(), f"generated output differs from {path}"
-
-
-def dry_run(shell, line: str) -> str:
-    with capture_output() as cap:
-        ok(shell, f"%%cluster {line} --dry-run\nvalue = 1")
-    return "\n".join(x for x in cap.stdout.splitlines() if not x.startswith("# profile")
-                     and not x.startswith("# inputs") and not x.startswith("# outputs")) + "\n"
-
-
-# -- fixtures -----------------------------------------------------------------------------------
-
-def cancel_leftovers(jobs: list) -> None:
-    """Cancel the jobs a test left queued or running (a failed assertion must not leave a held
-    or sleeping job on the shared test cluster)."""
-    for job in jobs:
-        try:
-            if not job.record.state.final:
-                job.backend.scheduler.cancel([job.native_id])
-        except Exception:
-            pass
+pytestmark = pytest.mark.pbs
 
 
 @pytest.fixture
@@ -126,12 +45,9 @@ def cleanup():
     cancel_leftovers(jobs)
 
 
-pytestmark = pytest.mark.pbs
-
-
 @pytest.fixture(scope="module")
 def pbs():
-    return ensure("pbs")
+    return ensure("pbs")["pbs"]
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from clusterjupyter.schedulers.sge import SGEScheduler, parse_qacct
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 
+from helpers import (cancel_leftovers, check_golden, dry_run, ensure, last_job, normalized,
+                     scheduler_env, wait_for, wait_started, write_profiles)
 from shells import ok, run
-from test_pbs import (cancel_leftovers, check_golden, dry_run, ensure, last_job, normalized,
-                      queue_hold_release, scheduler_env, wait_for, wait_started,
-                      write_profiles)
+from test_pbs import queue_hold_release
 
 pytestmark = pytest.mark.sge
 
@@ -34,7 +34,7 @@ SGE_BIN = "/usr/lib/gridengine"
 
 @pytest.fixture(scope="module")
 def sge():
-    return ensure("sge")
+    return ensure("sge")["sge"]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ test, so its minute overlaps the other tests.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -28,11 +27,10 @@ from clusterjupyter.schedulers.base import JobSpec
 from clusterjupyter.schedulers.slurm import SlurmScheduler, job_name
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
-from test_ssh import (close_shell_and_backends, ensure, last_job, make_env, new_module_shell, ok,
-                      run, ssh_profile, started_doc, through_sshd_restart)
+from helpers import (check_golden, close_shell_and_backends, ensure, last_job, make_env,
+                     new_module_shell, ssh_profile, started_doc, through_sshd_restart, wait_for)
+from shells import ok, run
 
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = bool(os.environ.get("CJ_UPDATE_GOLDEN"))
 JOB = "0123456789abcdef0123456789abcdef"
 ROOT = "/home/alice/.clusterjupyter"
 
@@ -44,13 +42,6 @@ def spec(name: str = "analysis-3", root: str = ROOT, **resources: object) -> Job
                    resources=Resources.parse(resources), python="/opt/conda/bin/python",
                    secret_path=f"{root}/.secret", prelude=[], env={})
 
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} differs from the golden file (CJ_UPDATE_GOLDEN=1)"
 
 
 def test_golden_defaults():
@@ -187,15 +178,6 @@ def count_jobs(name: str) -> int:
                           "--format=%i"], capture_output=True, text=True, check=True).stdout
     return len(out.split())
 
-
-def wait_for(pred, timeout: float = 60.0, step: float = 0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {pred}")
 
 
 @pytest.mark.slurm
