@@ -141,7 +141,7 @@ def main() -> None:
 
     import testclusters
     from clusterjupyter import serialize
-    from clusterjupyter.transports import ssh as ssh_mod
+    from clusterjupyter.transports.ssh import connection as ssh_mod
     from clusterjupyter.transports.ssh import SSHTransport, resolve
 
     ssh = testclusters.ensure("sshd")["ssh"]

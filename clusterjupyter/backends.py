@@ -54,9 +54,10 @@ class Submission:
 
 def make_transport(profile: Profile) -> Transport:
     if profile.remote:
+        from .kernelprompt import kernel_prompt
         from .transports.ssh import SSHTransport
 
-        return SSHTransport.from_profile(profile)
+        return SSHTransport.from_profile(profile, prompt=kernel_prompt)
     return LocalTransport()
 
 
@@ -83,7 +84,7 @@ class Backend:
     def watch_interval(self) -> float:
         """Seconds between exit-file checks while a young job's cell waits (one SFTP stat
         over SSH, about 0.5 ms of the host's time; the interval grows with the job's age)."""
-        return 0.01 if isinstance(self.transport, LocalTransport) else 0.02
+        return self.transport.watch_interval
 
     @property
     def root(self) -> str:
@@ -108,7 +109,7 @@ class Backend:
             t.makedirs(posixpath.join(self.root, "blobs"))
             t.makedirs(posixpath.join(self.root, "jobs"))
             key = self.key
-            if isinstance(t, LocalTransport):
+            if t.shares_filesystem:
                 self._remote_secret = local_paths.secret_path()
             else:
                 self._remote_secret = posixpath.join(self.root, ".secret")

@@ -170,7 +170,7 @@ class Monitor:
         for t in tracked:
             paths = backend.paths(t.record)
             files += [paths.started, paths.state]
-        present = backend.transport.existing(files)
+        present = backend.transport.watch(files)
         now = time.time()
         query = force_query or now >= self._next_query
         natives: dict[str, NativeStatus] = {}

@@ -481,36 +481,33 @@ def test_unchanged_large_input_is_not_sent_again_even_by_a_new_kernel(sh, env):
 def person(monkeypatch):
     """Someone at the keyboard: the only stand-in here. ``answers`` are typed at the prompts,
     which are recorded; the login itself is the real sshd's."""
-    from clusterjupyter.transports import ssh as ssh_mod
 
     class Person:
         def __init__(self) -> None:
             self.answers: list[str] = []
             self.prompts: list[str] = []
 
-        def getpass(self, prompt: str = "") -> str:
-            self.prompts.append(prompt)
+        def prompt(self, text: str, echo: bool = False) -> str:
+            self.prompts.append(text)
             return self.answers[min(len(self.prompts), len(self.answers)) - 1]
 
-    who = Person()
-    monkeypatch.setattr(ssh_mod.getpass, "getpass", who.getpass)
-    monkeypatch.setattr(ssh_mod, "can_prompt", lambda: True)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    return who
+    return Person()
 
 
-def raw_transport(ssh: dict, **kw):
-    from clusterjupyter.transports.ssh import SSHTransport, resolve
+def raw_transport(ssh: dict, prompt=None, **kw):
+    """A transport to the test sshd; ``prompt`` answers password prompts (None: nobody)."""
+    from clusterjupyter.transports.ssh import SSHTransport, no_prompt, resolve
 
     kw.setdefault("user", ssh["user"])
     return SSHTransport(resolve(ssh["host"], port=ssh["port"], known_hosts=ssh["known_hosts"],
-                                **kw))
+                                **kw), prompt or no_prompt)
 
 
 def test_password_is_asked_and_never_kept(env, ssh, person):
     password = Path(ssh["password_file"]).read_text().strip()
     person.answers = [password]
-    t = raw_transport(ssh, user=ssh["password_user"])
+    t = raw_transport(ssh, person.prompt, user=ssh["password_user"])
     try:
         assert t.run(["id", "-un"]).stdout == f"{ssh['password_user']}\n"
         assert person.prompts == [f"password for {ssh['password_user']}@{ssh['host']}:"
@@ -522,40 +519,34 @@ def test_password_is_asked_and_never_kept(env, ssh, person):
     finally:
         t.close()
     person.answers = ["not the password"]
-    t = raw_transport(ssh, user=ssh["password_user"])
+    t = raw_transport(ssh, person.prompt, user=ssh["password_user"])
     t.retries = 0
     with pytest.raises(TransportError, match="cannot log in .*password: Authentication failed"):
         t.run(["true"])
 
 
 def test_no_password_prompt_without_a_person(env, ssh, monkeypatch):
-    from clusterjupyter.transports import ssh as ssh_mod
-
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    monkeypatch.setattr(ssh_mod, "can_prompt", lambda: False)
-    t = raw_transport(ssh, user=ssh["password_user"])
+    t = raw_transport(ssh, None, user=ssh["password_user"])
     with pytest.raises(TransportError, match="passwords are asked only when the notebook can "
                                              "prompt"):
         t.run(["true"])
 
 
 def test_key_passphrase_is_asked(env, ssh, person, monkeypatch):
-    from clusterjupyter.transports import ssh as ssh_mod
-
     person.answers = [Path(ssh["passphrase_file"]).read_text().strip()]
     key = ssh["encrypted_identity_file"]
-    t = raw_transport(ssh, identity_file=key)
+    t = raw_transport(ssh, person.prompt, identity_file=key)
     try:
         assert t.run(["echo", "in"]).stdout == "in\n"
         assert person.prompts == [f"passphrase for {key}: "]
     finally:
         t.close()
     person.answers = ["not the passphrase"]
-    t = raw_transport(ssh, identity_file=key)
+    t = raw_transport(ssh, person.prompt, identity_file=key)
     with pytest.raises(TransportError, match="passphrase not accepted"):
         t.run(["true"])
-    monkeypatch.setattr(ssh_mod, "can_prompt", lambda: False)
-    t = raw_transport(ssh, identity_file=key)
+    t = raw_transport(ssh, None, identity_file=key)    # nobody to ask
     with pytest.raises(TransportError, match="encrypted \\(add it to ssh-agent\\)"):
         t.run(["true"])
 
@@ -633,20 +624,20 @@ def test_upload_cut_midway_is_retried_and_resumed(env, tmp_path):
                 threading.Thread(target=t.break_connection).start()
 
     written = []
-    from clusterjupyter.transports import ssh as ssh_mod
+    from clusterjupyter.transports.ssh import transport as ssh_mod
 
-    real = ssh_mod._chunks_from
+    real = ssh_mod.chunks_from
 
     def spy(b, offset, size):
         written.append(offset)
         return real(b, offset, size)
 
-    ssh_mod._chunks_from = spy
+    ssh_mod.chunks_from = spy
     try:
         prog = Watch(blob.size, "cut")
         t.put_blob(blob, str(tmp_path / "blob"), prog)
     finally:
-        ssh_mod._chunks_from = real
+        ssh_mod.chunks_from = real
         t.close()
     assert cuts and t.connects == 2
     # the second attempt resumed where the first one's acknowledged writes ended

@@ -1,6 +1,6 @@
 """Transports: how commands and files reach the machine where jobs run."""
 
-from .base import Completed, Progress, Transport
+from .base import Completed, NotRegularFile, Progress, Transport
 from .local import LocalTransport
 
-__all__ = ["Completed", "LocalTransport", "Progress", "Transport"]
+__all__ = ["Completed", "LocalTransport", "NotRegularFile", "Progress", "Transport"]

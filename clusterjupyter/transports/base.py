@@ -9,11 +9,13 @@ shell (SSH) quotes every argument.
 from __future__ import annotations
 
 import abc
+import errno
 import shlex
+import stat
 from dataclasses import dataclass
 from typing import IO, Iterable, Sequence
 
-from ..errors import CommandError
+from ..errors import ClusterError, CommandError
 from ..serialize import Blob
 
 
@@ -29,22 +31,31 @@ class Transport(abc.ABC):
     """Run commands and move files on one target machine.
 
     Every external command goes through :meth:`run`; it raises :class:`CommandError` (carrying
-    the exit code, stdout and stderr) when ``check`` is true and the command fails.
+    the exit code, stdout and stderr) when ``check`` is true and the command fails. A concrete
+    transport implements the hooks (``_run``, the file operations); :meth:`run` is never
+    overridden.
     """
 
     #: a short label for messages ("this machine", "user@host")
     where: str = ""
+    #: the job files are on this machine's filesystem (paths are local paths)
+    shares_filesystem: bool = False
+    #: seconds between exit-file checks while a young job's cell waits (the monitor eases off
+    #: from there as jobs age); one check costs what :meth:`watch` costs
+    watch_interval: float = 0.02
 
     @abc.abstractmethod
-    def _run(self, argv: Sequence[str], input: bytes | None, timeout: float | None) -> Completed:
-        """Run ``argv`` and return its result (never raise for a non-zero exit)."""
+    def _run(self, argv: Sequence[str], input: bytes | None, timeout: float | None,
+             retry: bool = False) -> Completed:
+        """Run ``argv`` and return its result (never raise for a non-zero exit). ``retry``: as
+        in :meth:`run`."""
 
     def run(self, argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 60,
             check: bool = True, retry: bool = False) -> Completed:
         """Run ``argv``. ``retry``: the command is idempotent, so a transport that lost its
         connection while it ran may run it again; without it a command that may have reached
         the target is never repeated (a transport that cannot lose a connection ignores it)."""
-        done = self._run([str(a) for a in argv], input, timeout)
+        done = self._run([str(a) for a in argv], input, timeout, retry)
         if check and done.returncode != 0:
             raise CommandError(done.argv, done.returncode, done.stdout, done.stderr, self.where)
         return done
@@ -72,6 +83,11 @@ class Transport(abc.ABC):
     def existing(self, paths: Iterable[str]) -> set[str]:
         """The subset of ``paths`` that exist (one round trip where the transport allows)."""
 
+    def watch(self, paths: Iterable[str]) -> set[str]:
+        """The exit-file watch: which of the jobs' start and exit files ``paths`` exist now, in
+        one round trip; called every :attr:`watch_interval` while a cell waits."""
+        return self.existing(paths)
+
     @abc.abstractmethod
     def sizes(self, paths: Iterable[str]) -> dict[str, int]:
         """Sizes of the ``paths`` that exist (missing ones are left out)."""
@@ -96,7 +112,8 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def open(self, path: str) -> IO[bytes]:
-        """Open ``path`` for reading (binary)."""
+        """Open the regular file ``path`` for reading (binary); anything else (a FIFO, a
+        directory) raises :class:`NotRegularFile` without blocking."""
 
     def read(self, path: str) -> bytes:
         with self.open(path) as f:
@@ -122,6 +139,28 @@ class Transport(abc.ABC):
 
     def close(self) -> None:  # noqa: B027  (optional hook: most transports hold nothing)
         """Release connections (the transport may be used again afterwards)."""
+
+
+class NotRegularFile(ClusterError, OSError):
+    """A path that should name a regular file names a FIFO, a directory, a device ... (opening
+    it for reading could block for ever)."""
+
+    def __init__(self, path: str, kind: str, where: str = ""):
+        loc = f" on {where}" if where else ""
+        ClusterError.__init__(self, f"{path}{loc} is {kind}, not a regular file: refusing to "
+                                    "read it")
+        self.errno = errno.EINVAL
+        self.filename = path
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages ("a FIFO", "a directory" ...)."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 class Progress:

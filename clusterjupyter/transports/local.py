@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import threading
 from typing import IO, Iterable, Sequence
 
 from ..jobdir import write_atomic
 from ..serialize import Blob
-from .base import Completed, Progress, Transport
+from .base import Completed, NotRegularFile, Progress, Transport, file_kind
 
 
 class LocalTransport(Transport):
     where = "this machine"
+    shares_filesystem = True
+    #: one stat per file: cheap enough to look often
+    watch_interval = 0.01
 
     def __init__(self) -> None:
         #: exit status of processes this transport spawned, once they end (pid -> returncode;
         #: negative = killed by that signal)
         self.exited: dict[str, int] = {}
 
-    def _run(self, argv: Sequence[str], input: bytes | None, timeout: float | None) -> Completed:
+    def _run(self, argv: Sequence[str], input: bytes | None, timeout: float | None,
+             retry: bool = False) -> Completed:
         try:
             p = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout)
         except FileNotFoundError as e:
@@ -79,12 +84,28 @@ class LocalTransport(Transport):
         os.replace(old, new)
 
     def open(self, path: str) -> IO[bytes]:
-        return open(path, "rb")
+        return open_regular(path)
 
     def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes:
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 f.seek(offset)
                 return f.read(limit)
         except FileNotFoundError:
             return b""
+
+
+def open_regular(path: str) -> IO[bytes]:
+    """Open a regular file for reading; a FIFO (whose open would wait for a writer), a
+    directory or a device raises :class:`NotRegularFile` at once."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, file_kind(mode))
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
