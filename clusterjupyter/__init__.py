@@ -37,7 +37,14 @@ def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext clusterjupyter``: register the magics."""
     from .magics import ClusterMagics
 
-    ipython.register_magics(ClusterMagics)
+    ipython.register_magics(ClusterMagics(ipython, status_display=_status_display))
+
+
+def _status_display(shell: Any, record: Any) -> Any:
+    """The live status of a submitted cell: the widget front end (imported on first use)."""
+    from .widgets import JobStatus
+
+    return JobStatus(shell, record)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -7,7 +7,7 @@ kernel, another kernel, or the Jupyter server. Nothing here unpickles anything e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from . import serialize
 from .journal import Journal, JobRecord
@@ -50,23 +50,38 @@ def refresh_active(force: bool = False) -> None:
     global _last_refresh
     import time
 
-    from .backends import backend_for
-    from .profiles import load_profiles
-
     now = time.time()
     if not force and now - _last_refresh < REFRESH_EVERY:
         return
     _last_refresh = now
-    profiles = load_profiles()
+    refresh_jobs(journal().active())
+
+
+def refresh_jobs(records: list[JobRecord],
+                 on_error: Callable[[str, Exception], Any] | None = None) -> None:
+    """Bring these jobs' records up to date: their active ones, one scheduler query per profile.
+
+    The one way the magics, the panel and the server refresh jobs. A profile that fails (gone,
+    unreachable) is passed to ``on_error(profile, exception)`` and the others go on.
+    """
+    from .backends import backend_for
+    from .profiles import load_profiles
+
     groups: dict[str, list[JobRecord]] = {}
-    for rec in journal().active():
-        if rec.profile in profiles:
+    for rec in records:
+        if not rec.state.final:
             groups.setdefault(rec.profile, []).append(rec)
+    if not groups:
+        return
+    profiles = load_profiles()
     for name, recs in groups.items():
         try:
+            if name not in profiles:
+                raise KeyError(f"profile {name!r} no longer exists")
             backend_for(profiles[name]).refresh(recs)
-        except Exception:  # an unreachable cluster must not break the listing
-            continue
+        except Exception as e:  # an unreachable cluster must not break the others
+            if on_error is not None:
+                on_error(name, e)
 
 
 def get_job(ref: str) -> JobRecord:

@@ -11,10 +11,16 @@ import warnings
 from typing import Any, Callable
 
 from .backends import Backend, backend_for_record
-from .errors import JobCancelledError, JobFailedError
+from .errors import ClusterError, JobCancelledError, JobFailedError
+from .failure import error_of, explain, format_error
 from .journal import JobRecord
 from .payload import JobResult
 from .states import JobState
+
+
+#: lines of the cell a listing carries (the full source comes with one job)
+PREVIEW_LINES = 3
+PREVIEW_CHARS = 240
 
 
 class UnpicklableOutputWarning(UserWarning):
@@ -22,7 +28,13 @@ class UnpicklableOutputWarning(UserWarning):
 
 
 class Job:
-    """A submitted job. Returned by ``%%cluster --async`` and ``%cluster status``."""
+    """A submitted job, used like a :class:`concurrent.futures.Future`.
+
+    Returned by ``%%cluster --async`` (and bound by ``--job NAME``). ``result()`` is the cell's
+    value (or raises the cell's exception, with its own type); ``outputs()`` the names the cell
+    bound; ``done()``, ``exception()``, ``add_done_callback()`` as on a future; ``record`` the
+    journal's full record; ``error`` why it did not complete. ``repr`` shows the live state.
+    """
 
     def __init__(self, record: JobRecord, backend: Backend | None = None):
         self._record = record
@@ -67,7 +79,19 @@ class Job:
             self.backend.monitor.track(rec)
         return rec.state
 
-    # -- operations -------------------------------------------------------------------------
+    @property
+    def error(self) -> dict[str, Any]:
+        """Why the job did not complete (see :mod:`clusterjupyter.failure`); ``{}`` otherwise."""
+        return error_of(self.record, self.backend)
+
+    # -- the future interface ---------------------------------------------------------------
+    def done(self) -> bool:
+        """True once the job has ended (in any state)."""
+        return self.state.final
+
+    def running(self) -> bool:
+        return self.state is JobState.RUNNING
+
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job is final (or ``timeout`` seconds pass); return its state."""
         rec = self.record
@@ -84,12 +108,13 @@ class Job:
             self.backend.monitor.waiting(self.id, False)
         return self.record.state
 
-    def result(self, namespace: dict | None = None, main: Any = None,
-               timeout: float | None = None) -> JobResult:
-        """Wait for the job, then verify and load what it sent back.
+    def load(self, namespace: dict | None = None, main: Any = None,
+             timeout: float | None = None) -> JobResult:
+        """Wait for the job, then verify and load everything it sent back (a ``JobResult``).
 
         Raises :class:`JobFailedError` (or :class:`JobCancelledError`) when the job ended
-        without a result, with the reason and the tail of its logs.
+        without a result, with the reason and the tail of its logs; ``TimeoutError`` if it is
+        still running after ``timeout`` seconds.
         """
         state = self.wait(timeout)
         if not state.final:
@@ -102,6 +127,57 @@ class Job:
                 namespace, main = _default_namespace()
             self._result = self.backend.fetch_result(rec, namespace, main)
         return self._result
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The cell's value (its last expression; None if it had none).
+
+        Raises the cell's own exception (its original type, with the remote traceback) if the
+        cell raised, :class:`JobFailedError` / :class:`JobCancelledError` if the job ended
+        without a result, ``TimeoutError`` if it is still running after ``timeout`` seconds.
+        """
+        __tracebackhide__ = True
+        res = self.load(timeout=timeout)
+        if res.exception is not None:
+            raise res.exception
+        if res.has_value:
+            return res.value
+        if res.value_bundle is not None:
+            raise ClusterError(f"the value of job {self.id[:8]} could not be sent back (it "
+                               "does not pickle); it was shown as: "
+                               + str(res.value_bundle.get("text/plain", "")))
+        return None
+
+    def outputs(self, timeout: float | None = None) -> dict[str, Any]:
+        """The names the cell bound or changed, with their values (what a push would bind)."""
+        return dict(self.load(timeout=timeout).values)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The cell's exception, the job's failure, or None if it completed."""
+        try:
+            res = self.load(timeout=timeout)
+        except JobFailedError as e:
+            return e
+        return res.exception
+
+    def add_done_callback(self, fn: Callable[[Job], Any]) -> None:
+        """Call ``fn(job)`` once the job has ended (at once if it has; else from the monitor's
+        thread: do not touch the namespace there)."""
+        fired = threading.Event()
+
+        def once(rec: JobRecord) -> None:
+            if rec.state.final and not fired.is_set():
+                fired.set()
+                self._record = rec
+                fn(self)
+
+        rec = self.record
+        if rec.state.final:
+            once(rec)
+        else:
+            self.backend.monitor.track(rec, once)
+            latest = self.record  # it may have ended between the read and the track
+            if latest.state.final:
+                once(latest)
 
     def cancel(self) -> JobState:
         """Ask the scheduler to stop the job; returns the state once it is final."""
@@ -117,9 +193,18 @@ class Job:
         return self.backend.logs(self.record, stream, tail)
 
     def __repr__(self) -> str:
-        rec = self._record
+        try:
+            rec = self.record
+        except Exception:
+            rec = self._record
         native = f" #{rec.native_id}" if rec.native_id else ""
         return f"<Job {rec.id[:8]} {rec.name!r} on {rec.profile}{native}: {rec.state.value}>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+        rec = self._record
+        if rec.state.final and not rec.state.ok:
+            p.text("\n" + format_error(rec, self.error))
 
 
 def _default_namespace() -> tuple[dict, Any]:
@@ -136,13 +221,11 @@ def _default_namespace() -> tuple[dict, Any]:
 
 
 def failure(backend: Backend, rec: JobRecord) -> JobFailedError:
-    """The error for a job that ended without a result: state, reason, exit code, log tail."""
-    reason = rec.reason or "no reason was reported"
-    if rec.exit_code not in (None, 0) and rec.state is JobState.FAILED \
-            and not any(w in reason for w in ("code", "signal")):
-        reason += f" (exit code {rec.exit_code})"
+    """The error for a job that ended without a result: state, reason, log tail."""
+    err = error_of(rec, backend)
     cls = JobCancelledError if rec.state is JobState.CANCELLED else JobFailedError
-    return cls(rec.id[:8], rec.state.value, reason, backend.log_tail(rec))
+    return cls(rec.id[:8], rec.state.value.replace("_", " "), explain(rec, err),
+               err.get("log_tail", ""))
 
 
 class Follower:
@@ -189,6 +272,30 @@ class Follower:
                 self.publish(msg.get("data", {}), msg.get("metadata", {}))
 
 
+class JobInterrupted(KeyboardInterrupt):
+    """The kernel was interrupted while a cell waited for its job, and the job was cancelled.
+
+    A ``KeyboardInterrupt`` (so "run all" stops), shown as its one-line message: the frames
+    of the library's wait loop are nobody's business.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self}"]
+
+
+def interrupted(job: Job) -> JobInterrupted:
+    """Cancel ``job`` after an interrupt; the exception that says so."""
+    try:
+        job.backend.cancel(job.record)
+        final = job.wait(15)
+        what = "cancelled" if final is JobState.CANCELLED else f"ended {final.value}"
+    except KeyboardInterrupt:
+        what = "being cancelled (interrupted again: not waiting for it)"
+    except Exception as e:
+        what = f"not cancelled ({type(e).__name__}: {e}); use %cluster cancel {job.id[:8]}"
+    return JobInterrupted(f"interrupted; job {job.id[:8]} on {job.profile} {what}")
+
+
 def publish_display(data: dict, metadata: dict) -> None:
     from IPython.display import publish_display_data
 
@@ -210,6 +317,20 @@ def apply_result(result: JobResult, namespace: dict) -> list[str]:
             f"not sent back from the cluster (the other names were): {lines}",
             UnpicklableOutputWarning, filename=f"<cluster-cell-{result.job_id[:8]}>", lineno=1)
     return [*result.values, *(f"del {n}" for n in result.deleted)]
+
+
+def push(job: Job, namespace: dict, main: Any) -> tuple[JobResult, list[str]]:
+    """Push a finished job into ``namespace``: load its verified result, bind, mutate and delete
+    the names it changed, and mark it pushed in the journal. The one way every front end
+    (the cell, ``--async``, ``%cluster result``, the panel) does it.
+
+    Returns the result (its ``exception`` is the cell's, not raised here) and the names that
+    changed. Raises :class:`JobFailedError` for a job that ended without a result.
+    """
+    result = job.load(namespace, main)
+    names = apply_result(result, namespace)
+    job.backend.journal.update(job.id, result_status="pushed")
+    return result, names
 
 
 def register_source(job_id: str, source: str) -> None:
@@ -304,7 +425,7 @@ class PushBack:
         if status is not None:
             status.update(rec)
         try:
-            result = job.result(self.shell.user_ns, self.shell.user_module)
+            result, names = push(job, self.shell.user_ns, self.shell.user_module)
         except JobFailedError as e:
             print(f"clusterjupyter: {e}", file=sys.stderr)
             return
@@ -312,7 +433,6 @@ class PushBack:
             print(f"clusterjupyter: could not load the result of job {job.id[:8]}: {e}",
                   file=sys.stderr)
             return
-        names = apply_result(result, self.shell.user_ns)
         what = ", ".join(names) if names else "no names"
         if result.exception is not None:
             exc = result.exception
@@ -321,4 +441,24 @@ class PushBack:
                   f"it here. Pushed: {what}", file=sys.stderr)
         else:
             print(f"clusterjupyter: job {job.id[:8]} ({job.name}) finished; pushed {what}")
-        job.backend.journal.update(job.id, result_status="pushed")
+
+
+def preview(cell: str) -> str:
+    """The first lines of a cell, short enough for a listing."""
+    text = "\n".join(cell.strip("\n").splitlines()[:PREVIEW_LINES])
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
+
+
+def job_json(rec: JobRecord, full: bool = False) -> dict[str, Any]:
+    """A job for a listing (``full=False``: a preview instead of the cell, the failure's
+    headline instead of its traceback and logs) or for one job (``full=True``)."""
+    d = rec.to_json()
+    d["preview"] = preview(rec.cell)
+    if rec.state.final and not rec.state.ok:
+        d["explanation"] = explain(rec)
+    if not full:
+        d.pop("cell", None)
+        err = d.pop("error", None) or {}
+        d["error"] = {k: err[k] for k in ("type", "message", "exit_code", "signal", "limit")
+                      if k in err}
+    return d

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_dir       TEXT NOT NULL,              -- on the machine that ran it
     result_status TEXT NOT NULL DEFAULT 'none',   -- none | available | pushed | failed
     outputs       TEXT NOT NULL DEFAULT '[]',     -- names the cell binds (static analysis)
-    options       TEXT NOT NULL DEFAULT '{}'      -- submit options (resources ...), JSON
+    options       TEXT NOT NULL DEFAULT '{}',     -- submit options (resources ...), JSON
+    error         TEXT NOT NULL DEFAULT '{}'      -- why a job did not complete, JSON (failure.py)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs(submitted);
@@ -76,6 +77,7 @@ class JobRecord:
     result_status: str = "none"
     outputs: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] = field(default_factory=dict)
 
     @property
     def elapsed(self) -> float | None:
@@ -96,6 +98,7 @@ class JobRecord:
         d["state"] = JobState(d["state"])
         d["outputs"] = json.loads(d["outputs"] or "[]")
         d["options"] = json.loads(d["options"] or "{}")
+        d["error"] = json.loads(d.get("error") or "{}")
         return cls(**d)
 
 
@@ -108,6 +111,7 @@ class Journal:
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         with self._conn() as c:
             c.executescript(SCHEMA)
+            _migrate(c)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -128,13 +132,14 @@ class Journal:
         d.pop("elapsed")
         d["outputs"] = json.dumps(rec.outputs)
         d["options"] = json.dumps(rec.options)
+        d["error"] = json.dumps(rec.error)
         d["updated"] = time.time()
         cols = ", ".join(d)
         marks = ", ".join(f":{k}" for k in d)
         self._conn().execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", d)
 
     _UPDATABLE = {"native_id", "state", "reason", "exit_code", "started", "finished", "host",
-                  "result_status", "job_dir"}
+                  "result_status", "job_dir", "error"}
 
     def update(self, job_id: str, **changes: Any) -> None:
         bad = set(changes) - self._UPDATABLE
@@ -142,6 +147,8 @@ class Journal:
             raise ValueError(f"journal fields not updatable: {sorted(bad)}")
         if "state" in changes and isinstance(changes["state"], JobState):
             changes["state"] = changes["state"].value
+        if isinstance(changes.get("error"), dict):
+            changes["error"] = json.dumps(changes["error"])
         changes["updated"] = time.time()
         sets = ", ".join(f"{k} = :{k}" for k in changes)
         self._conn().execute(f"UPDATE jobs SET {sets} WHERE id = :id", {**changes, "id": job_id})
@@ -186,6 +193,17 @@ class Journal:
     @property
     def fingerprints(self) -> "Fingerprints":
         return Fingerprints(self)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a journal written by an earlier version up to this schema (adds columns)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    if "error" not in have:
+        try:
+            conn.execute("ALTER TABLE jobs ADD COLUMN error TEXT NOT NULL DEFAULT '{}'")
+        except sqlite3.OperationalError as e:  # another process added it meanwhile
+            if "duplicate column" not in str(e):
+                raise
 
 
 class Fingerprints(FingerprintStore):

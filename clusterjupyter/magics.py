@@ -10,25 +10,27 @@ import difflib
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Unicode
+from traitlets import Unicode
 
 from . import api
 from .backends import Submission, backend_for
 from .capture import analyze, gather
 from .errors import ClusterError, ProfileError
-from .jobs import (Follower, Job, PushBack, Waiter, apply_result, failure, publish_display,
+from .jobs import (Follower, Job, PushBack, Waiter, failure, interrupted, publish_display, push,
                    register_source)
+from .failure import empty_log, format_error
 from .journal import JobRecord, format_seconds
 from .payload import pack_inputs
 from .profiles import get_profile, load_profiles
 from .resources import Resources
 from .states import JobState
 
+StatusFactory = Callable[[Any, JobRecord], Any]
 RESOURCE_OPTIONS = ("time", "cpus", "mem", "gpus", "nodes", "partition", "account", "qos",
                     "constraint")
 SUBCOMMANDS = {
@@ -70,12 +72,14 @@ class ClusterMagics(Magics):
         "", config=True,
         help="Profile used by %%cluster without a name (empty: the profiles file's default, "
              "else 'local').")
-    stream_output = Bool(
-        True, config=True, help="Show the job's stdout/stderr in the cell while it runs.")
 
-    def __init__(self, shell: Any = None, **kw: Any):
+    def __init__(self, shell: Any = None, status_display: StatusFactory | None = None,
+                 **kw: Any):
         super().__init__(shell, **kw)
         self.pushback = PushBack(shell) if shell is not None else None
+        #: builds the live status of a submitted cell (``factory(shell, record)``, with an
+        #: ``update(record)`` method); given by the front end, None for no status display
+        self.status_display = status_display
 
     # -- %%cluster --------------------------------------------------------------------------
     @magic_arguments()
@@ -187,9 +191,7 @@ class ClusterMagics(Magics):
         job = Job(rec, backend)
         if args.job:
             self.shell.user_ns[args.job] = job
-        from .widgets import JobStatus
-
-        status = JobStatus(self.shell, rec)
+        status = self.status_display(self.shell, rec) if self.status_display else None
         if args.async_:
             assert self.pushback is not None
             self.pushback.watch(job, status)
@@ -198,11 +200,7 @@ class ClusterMagics(Magics):
         try:
             state = Waiter(job, follower, status).run()
         except KeyboardInterrupt:
-            backend.cancel(job.record)
-            final = job.wait(15)
-            print(f"\nclusterjupyter: interrupted; job {rec.id[:8]} on {backend.name} "
-                  f"cancelled ({final.value})", file=sys.stderr)
-            raise
+            raise interrupted(job) from None
         return self._finish(job, state)
 
     def _finish(self, job: Job, state: JobState) -> Any:
@@ -210,9 +208,7 @@ class ClusterMagics(Magics):
         rec = job.record
         if not job.backend.has_result(rec):
             raise failure(job.backend, rec)
-        result = job.result(self.shell.user_ns, self.shell.user_module)
-        apply_result(result, self.shell.user_ns)
-        job.backend.journal.update(job.id, result_status="pushed")
+        result, _names = push(job, self.shell.user_ns, self.shell.user_module)
         if result.exception is not None:
             raise result.exception
         if result.value_bundle is not None:
@@ -284,15 +280,10 @@ class ClusterMagics(Magics):
         return None
 
     def _refresh(self, recs: list[JobRecord]) -> None:
-        by_profile: dict[str, list[JobRecord]] = {}
-        for r in recs:
-            if not r.state.final:
-                by_profile.setdefault(r.profile, []).append(r)
-        for name, group in by_profile.items():
-            try:
-                backend_for(get_profile(name)).refresh(group)
-            except Exception as e:
-                print(f"clusterjupyter: cannot refresh jobs of {name}: {e}", file=sys.stderr)
+        def say(profile: str, e: Exception) -> None:
+            print(f"clusterjupyter: cannot refresh jobs of {profile}: {e}", file=sys.stderr)
+
+        api.refresh_jobs(recs, on_error=say)
 
     def _cmd_status(self, rest: str) -> Job:
         rec = api.get_job(self._one_arg(rest, "job id"))
@@ -318,9 +309,15 @@ class ClusterMagics(Magics):
         if ref is None:
             raise UsageError("usage: %cluster logs ID [--stream stderr] [--tail N]")
         try:
-            print(api.job_logs(ref, stream, tail), end="")
+            text = api.job_logs(ref, stream, tail)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        rec = api.get_job(ref)
+        print(text or empty_log(stream, rec.state.final), end="" if text else "\n")
+        err = Job(rec).error
+        if err:
+            print(("\n" if text and not text.endswith("\n") else "") + "\n"
+                  + format_error(rec, err, logs=False))
 
     def _cmd_cancel(self, rest: str) -> None:
         rec = api.get_job(self._one_arg(rest, "job id"))

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from .failure import describe
 from .journal import JobRecord
 from .schedulers.base import NativeStatus, final_state
 from .states import JobState
@@ -295,6 +296,9 @@ class Monitor:
             if not runner.get("internal") and state is not JobState.CANCELLED \
                     and self.backend.has_result(rec):
                 changes["result_status"] = "available"
+        if state is not JobState.COMPLETED:
+            # why it failed, kept with the job for every front end and process
+            changes["error"] = describe(self.backend, rec, runner, state, reason, code)
         self._change(t, **changes)
         with self._lock:
             self._jobs.pop(rec.id, None)

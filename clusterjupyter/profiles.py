@@ -205,8 +205,12 @@ def get_profile(name: str | None, path: str | None = None) -> Profile:
     profiles = load_profiles(path)
     name = name or default_profile_name(path)
     if name not in profiles:
+        file = path or profiles_path()
+        where = (f"defined in {file}" if os.path.exists(file)
+                 else f"{file} does not exist yet")
         raise ProfileError(f"unknown profile {name!r}; profiles: {', '.join(profiles)} "
-                           f"(defined in {path or profiles_path()})")
+                           f"({where}). Add one in the panel's Profiles tab (%cluster panel), "
+                           f"or as a [profiles.{name}] table in that file")
     return profiles[name]
 
 

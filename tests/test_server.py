@@ -95,6 +95,30 @@ async def test_list_jobs_newest_first(jp_fetch):
     assert body["jobs"][2]["exit_code"] == 0
 
 
+async def test_listing_carries_a_preview_one_job_the_source_and_error(jp_fetch):
+    big = "\n".join(f"line_{i} = {'x' * 200!r}" for i in range(5000))  # ~1 MB of cell
+    error = {"type": "builtins.ValueError", "message": "bad", "exit_code": 1,
+             "traceback": "Traceback (most recent call last):\n  ...\nValueError: bad\n",
+             "log_tail": "[stderr]\nsomething went wrong"}
+    rec = add_job(JobState.FAILED, name="big-cell", reason="the cell raised ValueError: bad",
+                  exit_code=1, error=error)
+    with api.journal()._conn() as c:
+        c.execute("UPDATE jobs SET cell = ? WHERE id = ?", (big, rec.id))
+
+    response = await jp_fetch("clusterjupyter", "jobs")
+    assert len(response.body) < 10_000
+    job = json.loads(response.body)["jobs"][0]
+    assert "cell" not in job and job["preview"].startswith("line_0 = ")
+    assert len(job["preview"]) <= 240
+    assert job["error"] == {"type": "builtins.ValueError", "message": "bad", "exit_code": 1}
+    assert job["explanation"] == "the cell raised ValueError: bad"
+
+    one = await fetch_json(jp_fetch, "jobs", rec.id)
+    assert one["cell"] == big
+    assert one["error"]["traceback"].endswith("ValueError: bad\n")
+    assert one["error"]["log_tail"] == "[stderr]\nsomething went wrong"
+
+
 async def test_list_jobs_filters(jp_fetch):
     running = add_job(JobState.RUNNING)
     pending = add_job(JobState.PENDING, profile="hpc")

@@ -397,19 +397,19 @@ def test_job_status_widget_lives_and_cancels(shell: Any) -> None:
     st = JobStatus(shell, job.record, mode="widget", show=False)
     assert st in hub.subscribers()
     wait_for(lambda: "cj-running" in st.badge.value, what="running badge")
-    # the last few lines of stdout, moving on as the job prints
-    wait_for(lambda: text(st.tail).count("line ") == JobStatus.tail_lines, what="log tail")
-    wait_for(lambda: "line 0" not in text(st.tail) and "line 5" in text(st.tail),
-             what="the tail moves on")
-    assert text(st.tail).count("line ") == JobStatus.tail_lines
     assert "widget-status" in st.info.value and job.id[:8] in st.info.value
+    time.sleep(1.0)
+    assert "line" not in text(st.info)  # the output is the cell's, not repeated here
     st.cancel_button.click()
     wait_for(lambda: st.settled, what="settled")
     assert state(job.id) == "cancelled"
     assert "cj-cancelled" in st.badge.value and "cancelled by the user" in st.info.value
     assert "after" in st.info.value  # duration
+    assert "exit code" not in text(st.info) and "143" not in text(st.info)
     assert st.cancel_button.layout.display == "none"
     assert st not in hub.subscribers()
+    wait_for(lambda: "cancelled by the user" in st.final_html, what="static summary")
+    assert "line" not in st.final_html
 
 
 def test_job_status_final_summary(shell: Any) -> None:
@@ -422,10 +422,10 @@ def test_job_status_final_summary(shell: Any) -> None:
     import socket
 
     assert f"on {socket.gethostname()}" in st.info.value
-    assert st.tail.layout.display == "none"
+    assert "cj-static" in st.final_html and "<details" not in st.final_html
 
 
-def test_job_status_failure_keeps_stderr(shell: Any) -> None:
+def test_job_status_failure_shows_why(shell: Any) -> None:
     from clusterjupyter.widgets import JobStatus
 
     job = submit(shell, "import sys; print('to-stderr', file=sys.stderr)\n"
@@ -433,7 +433,37 @@ def test_job_status_failure_keeps_stderr(shell: Any) -> None:
     st = JobStatus(shell, job.record, mode="widget", show=False)
     wait_for(lambda: st.settled, what="settled")
     assert "cj-failed" in st.badge.value and "RuntimeError" in st.info.value
-    wait_for(lambda: "to-stderr" in st.tail.value, what="stderr tail kept")
+    # the static HTML that replaces the widget folds the remote traceback and the log tail
+    wait_for(lambda: "Traceback" in st.final_html, what="remote traceback")
+    assert "to-stderr" in st.final_html and "bad-cell" in st.final_html
+    assert "<details" in st.final_html
+
+
+def test_job_status_display_becomes_static_html(shell: Any, monkeypatch: Any) -> None:
+    """Once the job ends, the cell's one display holds HTML only: a notebook reopened or a
+    restarted kernel never meets a widget model it no longer has."""
+    import IPython.display
+
+    from clusterjupyter.widgets import JobStatus, status
+
+    shown: list[dict] = []
+
+    class Handle:
+        def update(self, bundle: dict, raw: bool = False) -> None:
+            shown.append(bundle)
+
+    def fake_display(bundle: dict, raw: bool = False, display_id: bool = False) -> Handle:
+        shown.append(bundle)
+        return Handle()
+
+    monkeypatch.setattr(IPython.display, "display", fake_display)
+    job = submit(shell, "import time; time.sleep(0.5)", "static")
+    st = JobStatus(shell, job.record, mode="widget")
+    assert status.VIEW_MIME in shown[0] and "text/html" in shown[0]
+    wait_for(lambda: st.settled and shown[-1].get("text/html", "").count("completed"),
+             what="static final display")
+    assert status.VIEW_MIME not in shown[-1]
+    assert st.widget is not None and st.widget.comm is None  # the widgets are closed
 
 
 # -- lifetime --------------------------------------------------------------------------------
@@ -601,8 +631,7 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Any:
         d.mkdir(parents=True)
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in (
-        "%load_ext clusterjupyter\nimport clusterjupyter.magics as _m\n"
-        "from clusterjupyter.widgets import JobStatus\n_m.StatusLine = JobStatus",
+        "%load_ext clusterjupyter",
         "%%cluster --async --name browser-quick\nanswer = 6 * 7",
         "%cluster panel",
         "%%cluster --name browser-blocking\nimport time\nfor i in range(600):\n"
@@ -676,13 +705,22 @@ def test_browser_jupyterlab_status_cancel_and_panel(jupyterlab: str) -> None:
             page.locator(".cj-job-status").first.locator(".cj-completed").wait_for()
             page.locator(".cj-panel .cj-job-row").filter(has_text="browser-blocking") \
                 .locator(".cj-running").wait_for()
-            wait_for(lambda: "tick 3" in status.inner_text(), 30, "the log tail")
+            output = page.locator(".jp-Notebook .jp-CodeCell").last.locator(".jp-OutputArea")
+            wait_for(lambda: "tick 3" in output.inner_text(), 30, "the streamed output")
+            assert "tick" not in status.inner_text()  # the output is not repeated in the status
+            kernel_status = ("() => window.jupyterapp.shell.currentWidget?.sessionContext"
+                             "?.session?.kernel?.status")
+            assert page.evaluate(kernel_status) == "busy"  # while any %%cluster cell runs
             clicked = time.time()
             status.locator(".cj-cancel").click()
             page.get_by_text("JobCancelledError").first.wait_for()
             assert time.time() - clicked < 15, "the click waited for the cell to end"
+            status = page.locator(".jp-Notebook .jp-CodeCell").last.locator(".cj-job-status")
             status.locator(".cj-badge.cj-cancelled").wait_for()
             assert "cancelled by the user" in status.inner_text()
+            # the finished status is static HTML: no widget to go missing after a restart
+            page.locator(".jp-Notebook .jp-CodeCell").last.locator(".cj-static").wait_for()
+            assert "143" not in status.inner_text()
             page.locator(".cj-panel .cj-job-row").filter(has_text="browser-blocking") \
                 .locator(".cj-cancelled").wait_for()
         except Exception:

@@ -3,12 +3,14 @@
 Routes (under the server's ``base_url``)::
 
     GET  /clusterjupyter/jobs?state=pending,running&profile=NAME&limit=N   {"jobs": [...]}
-    GET  /clusterjupyter/jobs/<ref>                                         one job
+    GET  /clusterjupyter/jobs/<ref>                                         one job, full
     GET  /clusterjupyter/jobs/<ref>/logs?stream=stdout&tail=200             {"text": ...}
     POST /clusterjupyter/jobs/<ref>/cancel                                  the updated job
     GET  /clusterjupyter/profiles                                           {"profiles": [...]}
 
-The routes only read the journal and files that the backends return as text; nothing is
+A listing carries each job's ``preview`` (first lines of the cell) and the failure's summary;
+one job carries its ``cell`` and its full ``error`` (remote traceback, log tail). The routes
+only read the journal and files that the backends return as text; nothing is
 unpickled here.
 """
 

@@ -20,6 +20,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .. import api
+from ..jobs import job_json
 from ..errors import ClusterError, ProfileError
 from ..journal import JobRecord
 from ..states import JobState
@@ -92,14 +93,28 @@ class JobsHandler(_Handler):
         limit = self._int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         await self._run(api.refresh_active)  # jobs whose kernel is gone still move on
         jobs = await self._run(api.list_jobs, parsed or None, profile, limit)
-        self._reply({"jobs": [job.to_json() for job in jobs]})
+        # a listing carries a preview of each cell, not its source (that comes with one job)
+        self._reply({"jobs": [job_json(job) for job in jobs]})
+
+
+def _full(job: JobRecord) -> dict[str, Any]:
+    """One job with its cell and, if it failed, why (built from its files if not kept yet)."""
+    from ..backends import backend_for_record
+    from ..failure import error_of
+
+    if job.state.final and not job.state.ok and not job.error:
+        try:
+            error_of(job, backend_for_record(job))
+        except ClusterError:
+            pass
+    return job_json(job, full=True)
 
 
 class JobHandler(_Handler):
     @web.authenticated
     async def get(self, ref: str) -> None:
         job = await self._job(ref)
-        self._reply(job.to_json())
+        self._reply(await self._run(_full, job))
 
 
 class LogsHandler(_Handler):
@@ -121,7 +136,7 @@ class CancelHandler(_Handler):
     async def post(self, ref: str) -> None:
         job = await self._job(ref)
         updated = await self._run(api.cancel_job, job.id)
-        self._reply(updated.to_json())
+        self._reply(job_json(updated))
 
 
 class ProfilesHandler(_Handler):

@@ -98,3 +98,29 @@ def message(text: str, kind: str = "info") -> str:
         return ""
     colour = {"error": ERROR, "ok": OK}.get(kind, MUTED)
     return f'<span style="color:{colour};white-space:pre-wrap">{esc(text)}</span>'
+
+
+def error_view(head: str, err: dict, open_: bool = True) -> str:
+    """Why a job failed: the headline, then the remote traceback and the logs' last lines in a
+    ``<details>`` (open by default), each scrolling on its own."""
+    parts = []
+    if err.get("traceback"):
+        parts.append(("remote traceback", err["traceback"]))
+    if err.get("log_tail"):
+        parts.append(("last lines of the logs", err["log_tail"]))
+    facts = [f"{k.replace('_', ' ')}: {err[k]}" for k in ("exit_code", "signal", "limit")
+             if err.get(k) not in (None, "")]
+    body = "".join(
+        f'<div style="color:{MUTED};font-size:85%;margin-top:4px">{esc(title)}</div>'
+        f'<pre style="margin:0;padding:4px 6px;max-height:16em;overflow:auto;white-space:pre-wrap;'
+        f'word-break:break-word;font-size:85%;border:1px solid {BORDER};border-radius:2px">'
+        f"{esc(text.rstrip())}</pre>" for title, text in parts)
+    if facts:
+        body = (f'<div style="color:{MUTED};font-size:85%">{esc(" · ".join(facts))}</div>'
+                + body)
+    summary = (f'<summary style="cursor:pointer;color:{ERROR};white-space:nowrap;overflow:hidden;'
+               f'text-overflow:ellipsis" title="{esc(head)}">{esc(head)}</summary>')
+    if not body:
+        return f'<div class="cj-error" style="color:{ERROR}" title="{esc(head)}">{esc(head)}</div>'
+    return (f'<details class="cj-error"{" open" if open_ else ""} style="margin:2px 0">'
+            f"{summary}{body}</details>")

@@ -123,10 +123,13 @@ class Hub:
                              name=f"clusterjupyter-refresh-{name}").start()
 
     def _refresh_one(self, name: str, backend: Any, records: list[JobRecord]) -> None:
+        from .. import api
+
+        def failed(profile: str, e: Exception) -> None:
+            self.errors[profile] = f"{type(e).__name__}: {e}"
+
         try:
-            backend.refresh(records)
-        except Exception as e:
-            self.errors[name] = f"{type(e).__name__}: {e}"
+            api.refresh_jobs(records, on_error=failed)
         finally:
             with self._lock:
                 self._refreshing.discard(name)

@@ -311,7 +311,7 @@ class JobsTab:
         self._push_now(job_id, shell)
 
     def _push_now(self, job_id: str, shell: Any) -> None:
-        from ..jobs import Job, UnpicklableOutputWarning, apply_result, register_source
+        from ..jobs import Job, UnpicklableOutputWarning, push, register_source
 
         try:
             rec = self.record(job_id)
@@ -320,11 +320,9 @@ class JobsTab:
                 return
             job = Job(rec)
             register_source(rec.id, rec.cell)
-            result = job.result(shell.user_ns, shell.user_module)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UnpicklableOutputWarning)
-                names = apply_result(result, shell.user_ns)
-            job.backend.journal.update(job.id, result_status="pushed")
+                result, names = push(job, shell.user_ns, shell.user_module)
         except Exception as e:
             self.say(f"job {job_id[:8]}: {type(e).__name__}: {e}", "error")
             return

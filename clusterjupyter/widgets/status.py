@@ -1,15 +1,18 @@
-"""``JobStatus``: the live status of a running ``%%cluster`` cell.
+"""``JobStatus``: the live status of a running ``%%cluster`` cell (the magics' status display).
 
-Same interface as the text ``StatusLine`` of :mod:`clusterjupyter.magics` — ``JobStatus(shell,
-rec)`` displays itself, ``update(rec)`` is called by ``Waiter``/``PushBack`` — so it can replace
-it. In a Jupyter kernel it is a small widget: state badge, queue reason, elapsed time, the last
-lines of stdout/stderr and a cancel button, settling into a final summary (state, duration,
-host, exit reason). Without a kernel (plain IPython, terminal, tests) it is the text line.
+The magics are given it (``load_ipython_extension`` passes it in; the core path never imports
+widgets): ``JobStatus(shell, rec)`` displays itself, ``update(rec)`` is called by
+``Waiter``/``PushBack``. In a Jupyter kernel it is one display per cell: a widget (state
+badge, name, id, queue reason, elapsed time, a cancel button) while the job is active, replaced
+by static HTML when the job ends — the final summary, and for a failed job the reason with its
+remote traceback and log tail folded underneath. A saved or reopened notebook, or one whose
+kernel restarted, therefore shows plain HTML, never a widget the frontend no longer has. The
+job's output is not repeated here (the cell streams it). Without a kernel (plain IPython,
+terminal, tests) it is a text line.
 
 Between ``update`` calls it keeps itself current from the widgets' background thread (see
-:mod:`._live`): journal re-reads each second, monitor events at once, log tails every two
-seconds in a worker thread. The cancel button works while the cell blocks where the kernel
-supports it (see :mod:`._kernel`).
+:mod:`._live`): journal re-reads each second, monitor events at once. The cancel button works
+while the cell blocks where the kernel supports it (see :mod:`._kernel`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from typing import Any
 
 import ipywidgets as W
 
+from ..failure import explain
 from ..journal import JobRecord
-from ..states import JobState
 from . import _html as H
 from ._kernel import kernel_of, route_to_subshell
-from ._live import Background, hub
+from ._live import Background, close_tree, hub
 
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -42,11 +45,8 @@ class JobStatus:
     ``"widget"`` or ``"text"``. ``show=False`` builds it without displaying it.
     """
 
-    #: lines of stdout and of stderr shown while the job runs
-    tail_lines = 3
-    #: seconds between journal re-reads / log tails
+    #: seconds between journal re-reads
     interval = 1.0
-    tail_interval = 2.0
 
     def __init__(self, shell: Any, rec: JobRecord, *, mode: str = "auto", show: bool = True):
         if mode not in ("auto", "widget", "text"):
@@ -55,16 +55,15 @@ class JobStatus:
         self.record = rec
         self.last = _summary(rec)
         self.handle: Any = None
-        self.widget: W.VBox | None = None
+        self.widget: W.HBox | None = None
+        self.final_html = ""
         self.routed = False
         self.settled = False
         self._lock = threading.RLock()
         self._backend: Any = None
-        self._tailer = Background(f"status-tail-{rec.id[:8]}")
         self._canceller = Background(f"status-cancel-{rec.id[:8]}")
+        self._finisher = Background(f"status-final-{rec.id[:8]}")
         self._next_read = 0.0
-        self._next_tail = 0.0
-        self._shown_state: JobState | None = None
         kernel = kernel_of(shell)
         if mode == "text" or (mode == "auto" and kernel is None):
             if kernel is not None and show:
@@ -83,7 +82,6 @@ class JobStatus:
             from IPython.display import display
 
             self.handle = display(self._bundle(), raw=True, display_id=True)
-            self._shown_state = rec.state
         if rec.state.final:
             self._settle()
         else:
@@ -102,18 +100,47 @@ class JobStatus:
                                       layout=W.Layout(width="auto", flex="0 0 auto"),
                                       _dom_classes=["cj-cancel"])
         self.cancel_button.on_click(self._on_cancel)
-        self.tail = W.HTML(layout=W.Layout(display="none"))
-        row = W.HBox([self.badge, self.info, self.cancel_button],
-                     layout=W.Layout(align_items="center"))
-        self.widget = W.VBox([row, self.tail], layout=W.Layout(
-            border_left=f"3px solid {H.STATE_COLOURS[self.record.state]}", padding="0 0 0 6px",
-            margin="2px 0"), _dom_classes=["cj-job-status"])
+        self.widget = W.HBox([self.badge, self.info, self.cancel_button], layout=W.Layout(
+            align_items="center", border_left=f"3px solid {H.STATE_COLOURS[self.record.state]}",
+            padding="0 0 0 6px", margin="2px 0"), _dom_classes=["cj-job-status"])
 
     def _bundle(self) -> dict[str, Any]:
         assert self.widget is not None
-        return {"text/plain": self.last,
+        return {"text/plain": self.last, "text/html": self._static(self.record),
                 VIEW_MIME: {"version_major": 2, "version_minor": 0,
                             "model_id": self.widget.model_id}}
+
+    @staticmethod
+    def _head(rec: JobRecord) -> str:
+        native = f" #{rec.native_id}" if rec.native_id else ""
+        where = H.esc(f"{rec.profile}{native}")
+        return (f"<b>{H.esc(rec.name)}</b> <code title=\"{H.esc(rec.id)}\">{H.esc(rec.id[:8])}"
+                f"</code> <span style=\"color:{H.MUTED}\">on {where}</span>")
+
+    def _body(self, rec: JobRecord) -> str:
+        if rec.state.final:
+            parts = [f"after {H.fmt_seconds(rec.elapsed, precise=True)}" if rec.started
+                     else "before starting"]
+            if rec.host:
+                parts.append(f"on {H.esc(rec.host)}")
+            if not rec.state.ok:
+                parts.append(f"— {H.esc(explain(rec))}")
+            return " ".join(parts)
+        body = H.esc(H.elapsed_text(rec))
+        if rec.reason:
+            body += f" · <i>{H.esc(rec.reason)}</i>"
+        return body
+
+    def _static(self, rec: JobRecord, error: dict | None = None) -> str:
+        """The status as plain HTML (what stays in the notebook once the job has ended)."""
+        colour = H.STATE_COLOURS[rec.state]
+        line = (f'<div style="display:flex;align-items:center;gap:.5em">{H.badge(rec.state)}'
+                f'<span style="min-width:0">{self._head(rec)} · {self._body(rec)}</span></div>')
+        extra = ""
+        if error and (error.get("traceback") or error.get("log_tail")):
+            extra = H.error_view("details", error, open_=False)
+        return (f'<div class="cj-job-status cj-static" style="border-left:3px solid {colour};'
+                f'padding:0 0 0 6px;margin:2px 0">{line}{extra}</div>')
 
     def _render(self, rec: JobRecord) -> None:
         assert self.widget is not None
@@ -121,32 +148,14 @@ class JobStatus:
         self._set(self.badge, H.badge(rec.state))
         if self.widget.layout.border_left != border:
             self.widget.layout.border_left = border
-        native = f" #{rec.native_id}" if rec.native_id else ""
-        where = H.esc(f"{rec.profile}{native}")
-        head = (f"<b>{H.esc(rec.name)}</b> <code title=\"{H.esc(rec.id)}\">{H.esc(rec.id[:8])}"
-                f"</code> <span style=\"color:{H.MUTED}\">on {where}</span>")
-        if rec.state.final:
-            parts = [f"after {H.fmt_seconds(rec.elapsed, precise=True)}" if rec.started
-                     else "before starting"]
-            if rec.host:
-                parts.append(f"on {H.esc(rec.host)}")
-            if rec.reason:
-                parts.append(f"— {H.esc(rec.reason)}")
-            if rec.exit_code not in (None, 0) and "exit code" not in rec.reason:
-                parts.append(f"(exit code {rec.exit_code})")
-            body = " ".join(parts)
-        else:
-            body = H.esc(H.elapsed_text(rec))
-            if rec.reason:
-                body += f" · <i>{H.esc(rec.reason)}</i>"
-        self._set(self.info, f"{head} · {body}")
+        self._set(self.info, f"{self._head(rec)} · {self._body(rec)}")
 
     @staticmethod
     def _set(widget: W.Widget, value: str) -> None:
         if widget.value != value:
             widget.value = value
 
-    # -- the StatusLine interface -------------------------------------------------------------
+    # -- the status display interface ---------------------------------------------------------
     def update(self, rec: JobRecord) -> None:
         """Show ``rec`` (called from the cell's thread, the monitor's or the widgets' thread)."""
         with self._lock:
@@ -165,19 +174,32 @@ class JobStatus:
                 self._settle()
 
     def _settle(self) -> None:
-        """The job is over: the final summary, no button, the log tail only if it failed."""
+        """The job is over: replace the widget by static HTML (no widget left to go stale)."""
         self.settled = True
         hub.unsubscribe(self)
-        rec = self.record
         self.cancel_button.layout.display = "none"
+        rec = self.record
+        self.final_html = self._static(rec)
         if rec.state.ok:
-            self.tail.layout.display = "none"
+            self._show_final(rec, {})
         else:
-            self._tailer.submit(self._fetch_tail, on_error=lambda e: None)
-        if self.handle is not None and self._shown_state is not rec.state:
-            # the text/plain twin is what a saved notebook shows without the widget state
-            self.handle.update(self._bundle(), raw=True)
-            self._shown_state = rec.state
+            # the failure record may need a read of the job's files: not on this thread
+            self._finisher.submit(self._final_error, on_error=lambda e: self._show_final(rec, {}))
+
+    def _final_error(self) -> None:
+        from ..failure import error_of
+
+        rec = self.backend.journal.get(self.record.id) or self.record
+        self._show_final(rec, error_of(rec, self.backend))
+
+    def _show_final(self, rec: JobRecord, error: dict) -> None:
+        with self._lock:
+            self.final_html = self._static(rec, error)
+            if self.handle is not None:
+                self.handle.update({"text/plain": self.last, "text/html": self.final_html},
+                                   raw=True)
+                if self.widget is not None:
+                    close_tree(self.widget)
 
     # -- background ---------------------------------------------------------------------------
     @property
@@ -196,27 +218,7 @@ class JobStatus:
             self._next_read = now + self.interval
             rec = self.backend.journal.get(self.record.id) or self.record
             self.update(rec)
-        if not self.settled and now >= self._next_tail and self.record.started is not None:
-            self._next_tail = now + self.tail_interval
-            self._tailer.submit(self._fetch_tail, on_error=lambda e: None)
         return not self.settled
-
-    def _fetch_tail(self) -> None:
-        rec, backend = self.record, self.backend
-        out = backend.logs(rec, "stdout", self.tail_lines).rstrip("\n")
-        err = backend.logs(rec, "stderr", self.tail_lines).rstrip("\n")
-        parts = []
-        if out:
-            parts.append(H.esc(out))
-        if err:
-            parts.append(f'<span style="color:{H.ERROR}">{H.esc(err)}</span>')
-        value = ("<pre style=\"margin:0;font-size:85%;line-height:1.3;white-space:pre-wrap;"
-                 f"color:{H.MUTED}\">" + "\n".join(parts) + "</pre>") if parts else ""
-        with self._lock:
-            if self.settled and rec.state.ok:
-                return
-            self._set(self.tail, value)
-            self.tail.layout.display = "" if value else "none"
 
     # -- cancel -------------------------------------------------------------------------------
     def _on_cancel(self, _button: Any = None) -> None:
@@ -238,8 +240,8 @@ class JobStatus:
         with self._lock:
             self.cancel_button.disabled = False
             self.cancel_button.description = "cancel"
-            self._set(self.tail, H.message(f"cancel failed: {type(e).__name__}: {e}", "error"))
-            self.tail.layout.display = ""
+            self._set(self.info, self.info.value + " " + H.message(
+                f"cancel failed: {type(e).__name__}: {e}", "error"))
 
     def __repr__(self) -> str:
         return f"<JobStatus {self.last}>"

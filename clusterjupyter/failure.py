@@ -1,0 +1,162 @@
+"""Why a job did not complete, kept with the job in the journal (its ``error`` column).
+
+:func:`describe` gathers, once, when a job ends in any state but ``completed``: the exception the
+cell raised (type, message, remote traceback — from the job's *signed* result document, nothing
+is unpickled), the exit code, the signal, the limit it hit, and the tail of its logs. The record
+then serves every front end, in any process, after any restart: the magics, the widgets, the
+server routes and the command line show the same text (:func:`format_error`).
+
+:func:`error_of` returns a finished job's record, building and storing it first for jobs that
+ended before the journal kept one.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import TYPE_CHECKING, Any
+
+from .jobdir import verify_document
+from .journal import JobRecord
+from .states import JobState
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+#: lines of stderr and of the scheduler log kept with a failed job
+LOG_LINES = 15
+#: characters kept of a traceback / of the log tail (a runaway log cannot bloat the journal)
+MAX_TEXT = 16000
+
+
+def signal_name(number: int | None) -> str:
+    """``SIGTERM`` for 15; empty for None or an unknown number."""
+    if not number:
+        return ""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _limit(rec: JobRecord, state: JobState) -> str:
+    opts = rec.options or {}
+    if state is JobState.TIMEOUT:
+        return "time limit" + (f" {opts['time']}" if opts.get("time") else "")
+    if state is JobState.OUT_OF_MEMORY:
+        return "memory limit" + (f" {opts['mem']}" if opts.get("mem") else "")
+    return ""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else "…" + text[-MAX_TEXT:]
+
+
+def _exception(backend: Backend, rec: JobRecord) -> dict[str, str]:
+    """The cell's exception from the verified result document (empty if none or unreadable)."""
+    p = backend.paths(rec)
+    try:
+        if not backend.transport.existing([p.result]):
+            return {}
+        doc = verify_document(backend.key, "result", backend.transport.read(p.result),
+                              backend.transport.read(p.result_sig))
+    except Exception:
+        return {}
+    exc = doc.get("exception") or {}
+    if doc.get("job_id") != p.job_id or not isinstance(exc, dict):
+        return {}
+    return {"type": str(exc.get("type", "")), "message": str(exc.get("message", "")),
+            "traceback": _clip(str(exc.get("traceback", "")))}
+
+
+def describe(backend: Backend, rec: JobRecord, runner: dict | None, state: JobState,
+             reason: str, exit_code: int | None) -> dict[str, Any]:
+    """Everything known about why ``rec`` ended ``state`` (see the module docstring).
+
+    ``runner`` is the job's exit file (None if it never wrote one). Reads the job's files
+    through the backend's transport; never raises (what cannot be read is left out).
+    """
+    sig = (runner or {}).get("signal")
+    if not sig and exit_code and exit_code > 128 and state is JobState.CANCELLED:
+        sig = exit_code - 128
+    err: dict[str, Any] = {"state": state.value, "reason": reason, "exit_code": exit_code,
+                           "signal": signal_name(sig if isinstance(sig, int) else None),
+                           "limit": _limit(rec, state)}
+    try:
+        err.update(_exception(backend, rec))
+    except Exception:
+        pass
+    try:
+        err["log_tail"] = _clip(backend.log_tail(rec, LOG_LINES))
+    except Exception:
+        err["log_tail"] = ""
+    return {k: v for k, v in err.items() if v not in (None, "")}
+
+
+def _read_exit_file(backend: Backend, rec: JobRecord) -> dict | None:
+    try:
+        return json.loads(backend.transport.read(backend.paths(rec).state))
+    except Exception:
+        return None
+
+
+def error_of(rec: JobRecord, backend: Backend) -> dict[str, Any]:
+    """The failure record of a finished job that did not complete; ``{}`` for any other job.
+
+    Jobs that ended before the journal kept the record get it now, from their job directory,
+    and the journal keeps it from then on.
+    """
+    if not rec.state.final or rec.state is JobState.COMPLETED:
+        return {}
+    if rec.error:
+        return rec.error
+    err = describe(backend, rec, _read_exit_file(backend, rec), rec.state, rec.reason,
+                   rec.exit_code)
+    try:
+        backend.journal.update(rec.id, error=err)
+    except Exception:
+        pass
+    rec.error = err
+    return err
+
+
+def explain(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
+    """Why, in words (no jargon: ``stopped by SIGTERM``, not ``exit code 143``)."""
+    err = rec.error if err is None else err
+    if err.get("type"):
+        short = err["type"].rsplit(".", 1)[-1]
+        text = f"the cell raised {short}" + (f": {err['message']}" if err.get("message") else "")
+    else:
+        text = rec.reason or err.get("reason", "") or "no reason was reported"
+    extra = []
+    if err.get("limit"):
+        extra.append(f"hit its {err['limit']}")
+    if err.get("signal") and err["signal"] not in text:
+        extra.append(f"stopped by {err['signal']}")
+    elif (rec.exit_code not in (None, 0) and not err.get("type") and not err.get("signal")
+          and rec.state is not JobState.CANCELLED
+          and not any(w in text for w in ("code", "signal"))):
+        extra.append(f"exit code {rec.exit_code}")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def headline(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
+    """One line: ``job 1a2b3c4d failed: the cell raised ValueError: bad input``."""
+    return f"job {rec.id[:8]} {rec.state.value.replace('_', ' ')}: {explain(rec, err)}"
+
+
+def format_error(rec: JobRecord, err: dict[str, Any] | None = None, logs: bool = True) -> str:
+    """The full text of why a job failed: headline, remote traceback, the logs' last lines
+    (unless ``logs`` is False)."""
+    err = rec.error if err is None else err
+    lines = [headline(rec, err)]
+    if err.get("traceback"):
+        lines += ["", "Remote traceback:", err["traceback"].rstrip()]
+    if logs and err.get("log_tail"):
+        lines += ["", "Last lines of the job's logs:", err["log_tail"].rstrip()]
+    return "\n".join(lines)
+
+
+def empty_log(stream: str, final: bool) -> str:
+    """What a front end shows for an empty log (the same words everywhere)."""
+    return f"({stream} is empty)" if final else f"({stream} is empty so far)"
