@@ -150,12 +150,16 @@ slurm_check_job() {
     out=$(sbatch --parsable -p "$SLURM_PARTITION" -t 1 -o /dev/null -J cj-health \
         --wrap "touch $mark" 2>&1) || fail slurm "sbatch of a trivial job failed: $out" "${SLURM_LOGS[@]}"
     jobid=${out%%;*}
-    wait_until 30 test -e "$mark" ||
+    # (a machine in use: jobs recovered from the saved state may hold the node for a while)
+    wait_until 30 test -e "$mark" || { slurm_node_busy && wait_until 120 test -e "$mark"; } ||
         fail slurm "trivial job $jobid did not run: $(squeue -h -j "$jobid" -o '%T %r' 2>&1)" "${SLURM_LOGS[@]}"
     rm -f "$mark"
     wait_until 20 slurm_sacct_has "$jobid" ||
         fail slurm "job $jobid not in sacct: $(sacct -X -n -j "$jobid" -o JobID,State,ExitCode 2>&1)" "${SLURM_LOGS[@]}"
 }
+
+# slurm_node_busy: do other jobs than the check job run on the node?
+slurm_node_busy() { [[ -n $(squeue -h -t RUNNING,COMPLETING -w "$HOST" -o %i 2>/dev/null) ]]; }
 
 slurm_sacct_has() { [[ $(sacct -X -n -P -j "$1" -o State 2>/dev/null) == COMPLETED* ]]; }
 
