@@ -32,7 +32,7 @@ from .transports import LocalTransport, Transport
 
 #: modules the runner needs on the cluster (shipped when the profile says ship_runner)
 RUNTIME_MODULES = ("__init__.py", "runner.py", "serialize.py", "jobdir.py", "_display.py",
-                   "_mpl_backend.py")
+                   "_mpl_backend.py", "_workdir.py")
 PROGRESS_THRESHOLD = 64 << 20
 
 
@@ -50,6 +50,7 @@ class Submission:
     kernel_id: str = ""
     notebook: str = ""
     progress: Any = None      # factory(total, label) -> Progress, for large uploads
+    workdir: Any = None       # staging.Plan: where the job runs, the files and modules it takes
 
 
 def make_transport(profile: Profile) -> Transport:
@@ -165,6 +166,9 @@ class Backend:
         self._send_blobs(sub, paths)
         doc = manifest_doc(job_id, sub.name, sub.source, sub.has_result, sub.packed, key,
                            sub.deleted, sub.outputs)
+        if sub.workdir is not None:
+            doc["workdir"] = sub.workdir.manifest(key, job_id)
+            sub.workdir.remember(job_id)
         data, sig = sign_document(key, "manifest", doc)
         t.write_many({paths.manifest: (data, 0o600), paths.manifest_sig: (sig, 0o600),
                       paths.script: (self.scheduler.render(spec).encode(), 0o700)})
@@ -191,7 +195,9 @@ class Backend:
         staging name, then renamed to its address: the upload does not wait for the hash.
         """
         t = self.transport
-        blobs = sub.packed.blobs
+        blobs = dict(sub.packed.blobs)
+        if sub.workdir is not None:
+            blobs.update(sub.workdir.blobs())     # staged files and local modules
         known = {name: b.known_sha256() for name, b in blobs.items()}
         present = t.existing({paths.blob(sha) for sha in known.values() if sha})
         for n, (name, blob) in enumerate(blobs.items()):
@@ -241,7 +247,17 @@ class Backend:
         if not self.has_result(rec):
             raise ClusterError(f"job {rec.id[:8]} ({rec.state.value}) has no result"
                                + (f": {rec.reason}" if rec.reason else ""))
-        return load_result(self.paths(rec), self.key, self.transport.open, namespace, main)
+        paths = self.paths(rec)
+        result = load_result(paths, self.key, self.transport.open, namespace, main)
+        if result.files or result.files_left:
+            from .staging import receive_files
+
+            returned = receive_files(self.transport, paths, self.key, result.files,
+                                     result.files_left)
+            notice = returned.notice(rec.id, self.transport.where, self.name)
+            if notice:
+                print(notice, file=sys.stderr)
+        return result
 
     def logs(self, rec: JobRecord, stream: str = "stdout", tail: int | None = 200) -> str:
         p = self.paths(rec)

@@ -15,6 +15,9 @@ Layout under a profile's work root (the same on every backend)::
         result.json / result.sig     what came back (names -> sha256 + MAC), signed
         state.json                   the exit file: final state, written last, atomically
         scheduler.log                what the scheduler itself printed (module loads, errors)
+        work/                        staged files laid out; the cell's working directory is in it
+        modules/                     the kernel's local modules (staged), first on sys.path
+        files/<n>                    files the cell created or changed, to be sent back
 
 Integrity: every blob and manifest carries an HMAC-SHA256 made with a per-user secret that lives
 outside the job directory (0600). A blob's MAC is computed over its sha256 (hash-then-MAC), so the
@@ -145,6 +148,9 @@ class JobPaths:
     result_sig = property(lambda self: self._f("result.sig"))
     state = property(lambda self: self._f("state.json"))
     scheduler_log = property(lambda self: self._f("scheduler.log"))
+    work = property(lambda self: self._f("work"))
+    modules = property(lambda self: self._f("modules"))
+    files = property(lambda self: self._f("files"))
 
     def output(self, index: int) -> str:
         return posixpath.join(self.outputs, f"{index}.pkl")

@@ -61,7 +61,7 @@ def _unquoted(args: Any) -> Any:
 
 def _options_help() -> str:
     return ", ".join(f"--{o}" for o in (*RESOURCE_OPTIONS, "directive", "name", "job", "async",
-                                        "dry-run", "skip"))
+                                        "dry-run", "skip", "stage", "stage-limit"))
 
 
 @magics_class
@@ -104,6 +104,11 @@ class ClusterMagics(Magics):
               help="show the script, inputs and outputs without submitting")
     @argument("--skip", action="append", default=[], metavar="NAME",
               help="do not send this name (repeatable)")
+    @argument("--stage", action="append", default=[], metavar="PATH",
+              help="send this file or directory with the job when the cluster does not see "
+                   "this machine's files (repeatable)")
+    @argument("--stage-limit", metavar="SIZE",
+              help="most bytes staged for this cell (default: the profile's stage_limit, 1G)")
     @line_cell_magic
     def cluster(self, line: str, cell: str | None = None) -> Any:
         """Run the cell on a cluster: ``%%cluster [PROFILE] [--time …] [--async] …``.
@@ -172,6 +177,7 @@ class ClusterMagics(Magics):
         except ProfileError as e:
             raise UsageError(str(e)) from None
         sub, analysis = self._submission(args, cell)
+        sub.workdir = self._workdir(backend, args, sub, analysis)
         if args.dry_run:
             print(f"# profile {backend.name} ({backend.scheduler.name} on "
                   f"{backend.transport.where})")
@@ -181,6 +187,7 @@ class ClusterMagics(Magics):
             if sub.packed.skipped:
                 print(f"# left behind: {', '.join(sub.packed.skipped)}")
             print(f"# outputs: {', '.join(analysis.outputs) or '-'}")
+            print(sub.workdir.summary())
             print(backend.script(sub))
             return None
         try:
@@ -202,6 +209,17 @@ class ClusterMagics(Magics):
         except KeyboardInterrupt:
             raise interrupted(job) from None
         return self._finish(job, state)
+
+    def _workdir(self, backend: Any, args: Any, sub: Submission, analysis: Any) -> Any:
+        """Where the job runs and the files and local modules it takes (before submission)."""
+        from .staging import StagingError, make_plan
+
+        captured = gather(analysis, self.shell.user_ns, self.shell.user_ns_hidden, args.skip)
+        try:
+            return make_plan(backend.profile, sub.source, captured.values, captured.modules,
+                             sub.packed.blobs, args.stage, args.stage_limit)
+        except StagingError as e:
+            raise UsageError(str(e)) from None
 
     def _finish(self, job: Job, state: JobState) -> Any:
         __tracebackhide__ = True

@@ -83,6 +83,8 @@ class JobResult:
     unloadable: dict[str, str] = field(default_factory=dict)
     mutated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    files: dict[str, Any] = field(default_factory=dict)     # files sent back (staged mode)
+    files_left: dict[str, Any] = field(default_factory=dict)
 
     @property
     def warnings(self) -> dict[str, str]:
@@ -121,7 +123,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
         raise IntegrityError("result belongs to another job")
     result = JobResult(job_id=paths.job_id, unpicklable=dict(doc.get("unpicklable", {})),
                        mutated=list(doc.get("mutated", [])), deleted=list(doc.get("deleted", [])),
-                       value_bundle=doc.get("result_bundle"))
+                       value_bundle=doc.get("result_bundle"),
+                       files=dict(doc.get("files", {})), files_left=dict(doc.get("files_left", {})))
     entries = doc.get("values", {})
     loaded: dict[str, Any] = {}
 

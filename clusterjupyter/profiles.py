@@ -14,6 +14,13 @@ The file (``profiles.toml`` in the user's config directory, see :mod:`clusterjup
     python = "/opt/conda/envs/sci/bin/python"
     prelude = ["module load python/3.11"] # shell lines run before the job's python
     env = {OMP_NUM_THREADS = "4"}
+    shared_fs = false                # the job's hosts see this machine's files (default: true
+                                     # without a host, except Kubernetes)
+    path_map = {"/Users/alice/proj" = "/home/alice/proj"}  # this directory is that one there
+    stage = ["data/"]                # always staged when the files must travel
+    stage_limit = "1G"               # most bytes staged per job (default 1G)
+    stage_max_files = 1000           # most files staged (and sent back) per job
+    return_limit = "256M"            # most bytes of files sent back per job (default 256M)
     [profiles.hpc.resources]         # defaults for --time, --mem, --cpus, ...
     time = "1h"
     partition = "debug"
@@ -64,6 +71,12 @@ class Profile:
     ship_runner: bool = True                # upload the runner so the cluster needs only dill
     description: str = ""
     scheduler_options: dict[str, Any] = field(default_factory=dict)
+    shared_fs: bool | None = None           # None: true without a host, except Kubernetes
+    path_map: dict[str, str] = field(default_factory=dict)
+    stage: list[str] = field(default_factory=list)
+    stage_limit: str = ""
+    stage_max_files: int | None = None
+    return_limit: str = ""
 
     @property
     def remote(self) -> bool:
@@ -126,9 +139,29 @@ class Profile:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ProfileError(f"invalid environment variable name {key!r}", name, "env")
         kw["env"] = {k: str(v) for k, v in kw.get("env", {}).items()}
+        _check_staging(name, kw)
         profile = cls(**kw)
         Resources.parse(profile.resources, profile.name)  # names a bad resource field
         return profile
+
+
+def _check_staging(name: str, kw: dict[str, Any]) -> None:
+    from .staging import parse_size
+
+    for key in ("stage_limit", "return_limit"):
+        if kw.get(key):
+            try:
+                parse_size(kw[key])
+            except ValueError as e:
+                raise ProfileError(str(e), name, key) from None
+    if kw.get("stage_max_files") is not None and kw["stage_max_files"] < 1:
+        raise ProfileError("must be at least 1", name, "stage_max_files")
+    for local, remote in kw.get("path_map", {}).items():
+        if not isinstance(remote, str) or not os.path.isabs(os.path.expanduser(local)) \
+                or not remote.startswith(("/", "~")):
+            raise ProfileError(f"entries map an absolute local directory to its path on the "
+                               f"cluster, e.g. {{\"/Users/me/proj\" = \"/home/me/proj\"}}; "
+                               f"got {local!r} = {remote!r}", name, "path_map")
 
 
 def _quote(path: str) -> str:

@@ -33,6 +33,7 @@ import types
 from typing import Any
 
 from . import _display, serialize
+from ._workdir import Workdir
 from .jobdir import (SECRET_ENV, IntegrityError, JobPaths, blob_mac, check, load_secret,
                      sign_document, verify_document, write_atomic, write_json_atomic)
 
@@ -128,6 +129,7 @@ class Runner:
         self.inputs: dict[str, Any] = {}
         self.manifest: dict[str, Any] = {}
         self.key = b""
+        self.workdir: Workdir | None = None
 
     def _secret_path(self) -> str:
         path = os.environ.get(SECRET_ENV)
@@ -290,6 +292,8 @@ class Runner:
             doc["result_bundle"] = _display.mimebundle(last)[0]
         if exc_info is not None:
             doc["exception"] = exc_info
+        if self.workdir is not None:
+            doc.update(self.workdir.collect())   # files the cell created or changed
         data, sig = sign_document(self.key, "result", doc)
         write_atomic(self.paths.result, data)
         write_atomic(self.paths.result_sig, sig)
@@ -339,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     phase = "verifying the job"
     try:
         runner.load_manifest()
+        phase = "entering the working directory"
+        runner.workdir = Workdir.enter(runner.manifest, paths, runner.key)
         phase = "restoring inputs"
         runner.restore()
         before = runner.digests()

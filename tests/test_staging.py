@@ -1,0 +1,352 @@
+"""The job's surroundings: working directory, staged files in and out, local modules.
+
+On the local backend the job runs in the kernel's working directory (a real shell, a real job
+process). Over the project's real loopback sshd the profile does not share files, so the files
+travel: the job runs in its own directory on the SSH host and what it writes comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+from clusterjupyter import api
+from clusterjupyter._workdir import rewrite_source, safe_relpath
+from clusterjupyter.errors import IntegrityError, ProfileError
+from clusterjupyter.jobdir import JobPaths
+from clusterjupyter.profiles import Profile
+from clusterjupyter.staging import candidates, is_local, map_path, parse_size, placement
+
+from shells import ok, run
+
+
+def last_job():
+    return api.list_jobs(limit=1)[0]
+
+
+def started(rec) -> dict:
+    return json.loads(Path(JobPaths.from_dir(rec.job_dir).started).read_text())
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A notebook directory (the kernel's working directory) with data and a local module."""
+    d = tmp_path / "project"
+    (d / "data").mkdir(parents=True)
+    (d / "data.txt").write_text("hello from the notebook's directory\n")
+    (d / "data" / "x.csv").write_text("a,b\n1,2\n3,4\n")
+    monkeypatch.chdir(d)
+    return d
+
+
+@pytest.fixture
+def src(tmp_path, monkeypatch):
+    """A project source directory on the kernel's sys.path (not the working directory), with a
+    module and a package, as ``sys.path.append('../src')`` or an editable install gives."""
+    s = tmp_path / "src"
+    (s / "mypkg").mkdir(parents=True)
+    (s / "helpers_cj.py").write_text("def double(x):\n    return 2 * x\n\n"
+                                     "class Box:\n    def __init__(self, v):\n"
+                                     "        self.v = v\n")
+    (s / "mypkg" / "__init__.py").write_text("from .core import triple\n")
+    (s / "mypkg" / "core.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(s))
+    for name in ("helpers_cj", "mypkg", "mypkg.core"):
+        sys.modules.pop(name, None)
+    yield s
+    for name in ("helpers_cj", "mypkg", "mypkg.core"):
+        sys.modules.pop(name, None)
+
+
+# -- decisions (pure) ---------------------------------------------------------------------------
+
+def test_where_a_job_runs_follows_the_profile():
+    cwd = "/home/me/proj/sub"
+    assert placement(Profile.from_dict("l", {}), cwd) == cwd
+    assert placement(Profile.from_dict("s", {"scheduler": "slurm"}), cwd) == cwd
+    assert placement(Profile.from_dict("r", {"host": "hpc"}), cwd) is None
+    assert placement(Profile.from_dict("k", {"scheduler": "kubernetes"}), cwd) is None
+    assert placement(Profile.from_dict("n", {"shared_fs": False}), cwd) is None
+    assert placement(Profile.from_dict("y", {"host": "h", "shared_fs": True}), cwd) == cwd
+    mapped = Profile.from_dict("m", {"host": "hpc", "path_map": {
+        "/home/me": "/cluster/me", "/home/me/proj": "/scratch/proj"}})
+    assert placement(mapped, cwd) == "/scratch/proj/sub"       # the longest prefix wins
+    assert placement(mapped, "/elsewhere") is None
+    assert map_path("/home/me", {"/home/me": "/c/me"}) == "/c/me"
+    assert map_path("/home/media", {"/home/me": "/c/me"}) is None
+
+
+def test_profile_staging_fields_are_validated():
+    for body, field in (({"stage_limit": "lots"}, "stage_limit"),
+                        ({"return_limit": "-"}, "return_limit"),
+                        ({"stage_max_files": 0}, "stage_max_files"),
+                        ({"path_map": {"rel/dir": "/x"}}, "path_map"),
+                        ({"shared_fs": "yes"}, "shared_fs"),
+                        ({"stage": 3}, "stage")):
+        with pytest.raises(ProfileError) as e:
+            Profile.from_dict("p", body)
+        assert e.value.field == field, body
+    assert parse_size("1.5G") == 3 << 29 and parse_size("512K") == 512 << 10
+    assert parse_size(100) == 100
+
+
+def test_paths_coming_back_must_be_plain_and_relative():
+    for bad in ("../x", "/etc/passwd", "a/../../b", "a//b", "./a", "", "a/", "a\\..\\b"):
+        with pytest.raises(IntegrityError):
+            safe_relpath(bad)
+    assert safe_relpath("out/fig.svg") == "out/fig.svg"
+
+
+def test_candidates_and_literal_rewriting():
+    import pathlib
+
+    def load():
+        return open("inside_function.csv")
+
+    src = ("import pandas as pd\ndf = pd.read_csv('data/x.csv')\n"
+           "get_ipython().system('head -n 2 data.txt')\nname = f'{x}.txt'\n")
+    found = candidates(src, {"p": pathlib.Path("in/put.bin"), "load": _as_main(load),
+                             "many": [pathlib.Path("a.txt")]})
+    for s in ("data/x.csv", "head", "data.txt", "in/put.bin", "inside_function.csv", "a.txt"):
+        assert s in found, s
+    assert "." not in found and "/" not in found
+    out = rewrite_source("a = open('/abs/f.txt')  # é\nb = '/abs/f.txt'.upper()\n",
+                         {"/abs/f.txt": "/job/work/abs/f.txt"})
+    assert out == ("a = open('/job/work/abs/f.txt')  # é\n"
+                   "b = '/job/work/abs/f.txt'.upper()\n")
+
+
+def _as_main(f):
+    f.__module__ = "__main__"
+    return f
+
+
+def test_local_modules_are_told_from_installed_ones(src):
+    import json as stdlib_module
+
+    import IPython
+
+    import helpers_cj
+    assert is_local(helpers_cj)
+    assert not is_local(stdlib_module) and not is_local(IPython)
+
+
+# -- local backend: the kernel's working directory ------------------------------------------------
+
+def test_local_job_runs_in_the_kernels_working_directory(shell, project, capsys):
+    value = ok(shell, "%%cluster\nimport os\nprint(open('data.txt').read(), end='')\n"
+                      "import pandas as pd\nn = len(pd.read_csv('./data/x.csv'))\n"
+                      "import matplotlib\nmatplotlib.use('svg')\nimport matplotlib.pyplot as plt\n"
+                      "plt.plot([1, 2])\nplt.savefig('fig.svg')\nplt.close('all')\n"
+                      "where, pid = os.getcwd(), os.getpid()\nn")
+    assert value == 2
+    assert "hello from the notebook's directory" in capsys.readouterr().out
+    rec = last_job()
+    assert shell.user_ns["where"] == str(project)
+    assert shell.user_ns["pid"] == started(rec)["pid"] != os.getpid()
+    # the next (plain) cell sees the figure the job wrote
+    svg = ok(shell, "from IPython.display import SVG\nSVG(filename='fig.svg')")
+    assert "<svg" in svg.data
+    # the runner's own files stay in the job directory
+    assert sorted(p.name for p in project.iterdir()) == ["data", "data.txt", "fig.svg"]
+    assert Path(JobPaths.from_dir(rec.job_dir).state).exists()
+
+
+def test_local_job_imports_modules_from_the_kernels_sys_path(shell, project, src):
+    ok(shell, "import helpers_cj\nfrom mypkg import triple")
+    ok(shell, "%%cluster\nimport os\nr = (helpers_cj.double(2), triple(3))\n"
+              "f = helpers_cj.__file__\npid = os.getpid()")
+    assert shell.user_ns["r"] == (4, 9)
+    assert shell.user_ns["f"] == str(src / "helpers_cj.py")
+    assert shell.user_ns["pid"] != os.getpid()
+
+
+# -- over the real loopback sshd: staging -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ssh_env(tmp_path_factory):
+    from test_ssh import close_shell_and_backends, ensure, make_env, ssh_profile
+
+    ssh = ensure("sshd")["ssh"]
+    remote = tmp_path_factory.mktemp("staging-remote")
+    profiles = {"far": ssh_profile(ssh, remote / "work"),
+                "far_small": ssh_profile(ssh, remote / "work", stage_max_files=3,
+                                         return_limit="1K")}
+    e, mp = make_env(tmp_path_factory, "staging", profiles)
+    e.remote = remote  # type: ignore[attr-defined]
+    yield e
+    close_shell_and_backends()
+    mp.undo()
+
+
+@pytest.fixture
+def sh(ssh_env):
+    from test_ssh import new_module_shell
+
+    return new_module_shell()
+
+
+@pytest.mark.ssh
+def test_files_travel_to_the_ssh_host_and_back(sh, ssh_env, project):
+    with capture_output() as cap:
+        ok(sh, "%%cluster far\nimport os\ntext = open('data.txt').read()\n"
+               "lines = open('data/x.csv').read().splitlines()\n"
+               "os.makedirs('out', exist_ok=True)\n"
+               "open('out/table.csv', 'w').write('x\\n' + str(len(lines)))\n"
+               "import matplotlib\nmatplotlib.use('svg')\nimport matplotlib.pyplot as plt\n"
+               "plt.plot([1, 2])\nplt.savefig('fig.svg')\nplt.close('all')\n"
+               "where, pid = os.getcwd(), os.getpid()")
+    rec = last_job()
+    # provenance: another process, in the job's own directory on the SSH host
+    assert sh.user_ns["pid"] == started(rec)["pid"] != os.getpid()
+    where = sh.user_ns["where"]
+    assert where == JobPaths.from_dir(rec.job_dir).work
+    assert where.startswith(str(ssh_env.remote / "work" / "jobs"))
+    assert sh.user_ns["text"] == "hello from the notebook's directory\n"
+    assert sh.user_ns["lines"] == ["a,b", "1,2", "3,4"]
+    # what the job wrote came back into the kernel's working directory, in one notice
+    assert (project / "out" / "table.csv").read_text() == "x\n3"
+    assert (project / "fig.svg").read_text().lstrip().startswith("<?xml")
+    notices = [ln for ln in cap.stderr.splitlines() if "files from job" in ln]
+    assert len(notices) == 1 and "out/table.csv" in notices[0] and "fig.svg" in notices[0]
+    # the next plain cell uses the file the job wrote
+    assert "<svg" in ok(sh, "from IPython.display import SVG\nSVG(filename='fig.svg')").data
+
+
+@pytest.mark.ssh
+def test_unchanged_file_is_not_sent_again(sh, ssh_env, project):
+    big = project / "big.bin"
+    big.write_bytes(os.urandom(1 << 20))
+    ok(sh, "%%cluster far\nsize = len(open('big.bin', 'rb').read())")
+    assert sh.user_ns["size"] == 1 << 20
+    import hashlib
+
+    blob = ssh_env.remote / "work" / "blobs" / hashlib.sha256(big.read_bytes()).hexdigest()
+    first = blob.stat()
+    ok(sh, "%%cluster far\nsize2 = len(open('big.bin', 'rb').read())")
+    again = blob.stat()
+    assert sh.user_ns["size2"] == 1 << 20
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    # a changed file is sent (under its new address)
+    big.write_bytes(b"changed")
+    ok(sh, "%%cluster far\nsmall = open('big.bin', 'rb').read()")
+    assert sh.user_ns["small"] == b"changed"
+
+
+@pytest.mark.ssh
+def test_a_local_file_changed_meanwhile_is_not_overwritten(sh, ssh_env, project):
+    log = project / "log.txt"
+    log.write_text("start\n")
+    ok(sh, "%%cluster far --async --job j\nimport time\ntime.sleep(1.5)\n"
+           "open('log.txt', 'a').write('from the job\\n')")
+    log.write_text("start\nedited here meanwhile\n")
+    assert sh.user_ns["j"].wait(120).value == "completed"
+    with capture_output() as cap:
+        ok(sh, "pass")      # results of --async jobs arrive between cells
+    job_id = sh.user_ns["j"].id
+    assert log.read_text() == "start\nedited here meanwhile\n"
+    side = project / f"log.job-{job_id[:8]}.txt"
+    assert side.read_text() == "start\nfrom the job\n"
+    assert "kept yours" in cap.stderr and side.name in cap.stderr
+
+
+@pytest.mark.ssh
+def test_unchanged_local_file_is_updated(sh, ssh_env, project):
+    (project / "counter.txt").write_text("1")
+    ok(sh, "%%cluster far\nn = int(open('counter.txt').read())\n"
+           "open('counter.txt', 'w').write(str(n + 1))")
+    assert (project / "counter.txt").read_text() == "2"
+
+
+@pytest.mark.ssh
+def test_over_the_limits_is_refused_before_submission(sh, ssh_env, project):
+    (project / "four_k.bin").write_bytes(b"x" * 4096)
+    before = len(api.list_jobs(limit=1000))
+    r = run(sh, "%%cluster far --stage-limit 1K\ngot = open('four_k.bin', 'rb').read()")
+    assert isinstance(r.error_in_exec, UsageError)
+    msg = str(r.error_in_exec)
+    assert "4.0 KiB" in msg and "--stage-limit 4K" in msg and "stage_limit" in msg
+    for i in range(5):
+        (project / "data" / f"part{i}.csv").write_text("1\n")
+    r = run(sh, "%%cluster far_small\nimport os\ngot = os.listdir('data')")
+    assert isinstance(r.error_in_exec, UsageError)
+    assert "stage_max_files" in str(r.error_in_exec)
+    assert "got" not in sh.user_ns and len(api.list_jobs(limit=1000)) == before
+    # --stage of a path that does not exist is an error too, before submission
+    r = run(sh, "%%cluster far --stage nothing-here\n1")
+    assert isinstance(r.error_in_exec, UsageError) and "nothing-here" in str(r.error_in_exec)
+
+
+@pytest.mark.ssh
+def test_files_over_the_return_limit_stay_on_the_cluster(sh, ssh_env, project):
+    with capture_output() as cap:
+        ok(sh, "%%cluster far_small\nopen('small.txt', 'w').write('s')\n"
+               "open('large.txt', 'w').write('L' * 4000)")
+    assert (project / "small.txt").read_text() == "s"
+    assert not (project / "large.txt").exists()
+    assert "return_limit" in cap.stderr and "large.txt" in cap.stderr
+    left = Path(JobPaths.from_dir(last_job().job_dir).work) / "large.txt"
+    assert left.read_text() == "L" * 4000       # nothing is lost
+
+
+@pytest.mark.ssh
+def test_staged_explicitly_and_by_path_values(sh, ssh_env, project, tmp_path):
+    outside = tmp_path / "shared-data"
+    outside.mkdir()
+    (outside / "ref.txt").write_text("reference")
+    ok(sh, "from pathlib import Path\np = Path('data') / 'x.csv'")
+    ok(sh, f"%%cluster far --stage {outside}\nimport os\nrows = p.read_text().count('\\n')\n"
+           f"ref = open('{outside / 'ref.txt'}').read()\n"
+           "listing = sorted(os.listdir('../shared-data'))")
+    assert sh.user_ns["rows"] == 3
+    assert sh.user_ns["ref"] == "reference"    # an absolute path, rewritten to its staged copy
+    assert sh.user_ns["listing"] == ["ref.txt"]
+
+
+@pytest.mark.ssh
+def test_local_modules_travel_with_the_job(sh, ssh_env, project, src):
+    ok(sh, "import helpers_cj\nfrom mypkg import triple\nbox = helpers_cj.Box(5)")
+    ok(sh, "%%cluster far\nimport os\nr = (helpers_cj.double(box.v), triple(3))\n"
+           "f = helpers_cj.__file__\nimport mypkg.core\ng = mypkg.core.__file__\n"
+           "pid = os.getpid()")
+    rec = last_job()
+    assert sh.user_ns["r"] == (10, 9)
+    modules = JobPaths.from_dir(rec.job_dir).modules
+    assert sh.user_ns["f"] == os.path.join(modules, "helpers_cj.py")
+    assert sh.user_ns["g"] == os.path.join(modules, "mypkg", "core.py")
+    assert sh.user_ns["pid"] == started(rec)["pid"] != os.getpid()
+
+
+@pytest.mark.ssh
+def test_paths_coming_back_stay_in_the_working_directory(sh, ssh_env, project, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "seed.txt").write_text("seed")
+    (project / "link").symlink_to(elsewhere)
+    with capture_output() as cap:
+        ok(sh, "%%cluster far\nimport os\nos.listdir('link')\n"
+               "open('link/escaped.txt', 'w').write('no')\nopen('fine.txt', 'w').write('ok')")
+    assert not (elsewhere / "escaped.txt").exists()
+    assert (project / "fine.txt").read_text() == "ok"
+    assert "refused link/escaped.txt" in cap.stderr and "leaves the working directory" \
+        in cap.stderr
+
+
+@pytest.mark.ssh
+def test_a_file_altered_on_the_cluster_is_refused(sh, ssh_env, project):
+    ok(sh, "%%cluster far --async --job j2\nopen('result.txt', 'w').write('genuine')")
+    job = sh.user_ns["j2"]
+    assert job.wait(120).value == "completed"
+    files = Path(JobPaths.from_dir(job.record.job_dir).files)
+    for f in files.iterdir():
+        f.write_text("forged!")
+    with capture_output() as cap:
+        ok(sh, "pass")
+    assert not (project / "result.txt").exists()
+    assert "refused result.txt" in cap.stderr
