@@ -7,7 +7,6 @@ travel: the job runs in its own directory on the SSH host and what it writes com
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,22 +15,17 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
-from clusterjupyter import api
+from clusterjupyter.api import list_jobs
 from clusterjupyter._workdir import rewrite_source, safe_relpath
 from clusterjupyter.errors import IntegrityError, ProfileError
 from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.profiles import Profile
 from clusterjupyter.staging import candidates, is_local, map_path, parse_size, placement
 
+from helpers import (close_shell_and_backends, ensure, last_job, make_env, new_module_shell,
+                     ssh_profile)
+from helpers import started_doc as started
 from shells import ok, run
-
-
-def last_job():
-    return api.list_jobs(limit=1)[0]
-
-
-def started(rec) -> dict:
-    return json.loads(Path(JobPaths.from_dir(rec.job_dir).started).read_text())
 
 
 @pytest.fixture
@@ -171,8 +165,6 @@ def test_local_job_imports_modules_from_the_kernels_sys_path(shell, project, src
 
 @pytest.fixture(scope="module")
 def ssh_env(tmp_path_factory):
-    from test_ssh import close_shell_and_backends, ensure, make_env, ssh_profile
-
     ssh = ensure("sshd")["ssh"]
     remote = tmp_path_factory.mktemp("staging-remote")
     profiles = {"far": ssh_profile(ssh, remote / "work"),
@@ -187,8 +179,6 @@ def ssh_env(tmp_path_factory):
 
 @pytest.fixture
 def sh(ssh_env):
-    from test_ssh import new_module_shell
-
     return new_module_shell()
 
 
@@ -267,7 +257,7 @@ def test_unchanged_local_file_is_updated(sh, ssh_env, project):
 @pytest.mark.ssh
 def test_over_the_limits_is_refused_before_submission(sh, ssh_env, project):
     (project / "four_k.bin").write_bytes(b"x" * 4096)
-    before = len(api.list_jobs(limit=1000))
+    before = len(list_jobs(limit=1000))
     r = run(sh, "%%cluster far --stage-limit 1K\ngot = open('four_k.bin', 'rb').read()")
     assert isinstance(r.error_in_exec, UsageError)
     msg = str(r.error_in_exec)
@@ -277,7 +267,7 @@ def test_over_the_limits_is_refused_before_submission(sh, ssh_env, project):
     r = run(sh, "%%cluster far_small\nimport os\ngot = os.listdir('data')")
     assert isinstance(r.error_in_exec, UsageError)
     assert "stage_max_files" in str(r.error_in_exec)
-    assert "got" not in sh.user_ns and len(api.list_jobs(limit=1000)) == before
+    assert "got" not in sh.user_ns and len(list_jobs(limit=1000)) == before
     # --stage of a path that does not exist is an error too, before submission
     r = run(sh, "%%cluster far --stage nothing-here\n1")
     assert isinstance(r.error_in_exec, UsageError) and "nothing-here" in str(r.error_in_exec)
