@@ -117,3 +117,52 @@ def cell_key(shell: Any) -> tuple[str, str] | None:
     if not cell or not msg_id:
         return None
     return str(cell), str(msg_id)
+
+
+class _BusyKeeper:
+    """Keeps the frontend's kernel status "busy" while a cell runs.
+
+    A frontend shows the state of the last ``status`` message on IOPub, whatever request it
+    answers. Messages handled on a subshell (JupyterLab ≥ 4.4 sends widget comm messages there,
+    and asks for the subshell with a control request when the first widget appears) end with
+    ``idle`` even though the main shell is still running a cell: the first ``%%cluster`` cell,
+    whose status line is the kernel's first widget, showed "Idle" for its whole run. While a
+    cell runs, each such ``idle`` is followed here by a ``busy`` for the running cell.
+    """
+
+    def __init__(self, shell: Any, kernel: Any):
+        self.kernel = kernel
+        self.cell: dict | None = None
+        self._original = kernel._publish_status
+        kernel._publish_status = self._publish_status
+        shell.events.register("pre_run_cell", self._pre)
+        shell.events.register("post_run_cell", self._post)
+
+    def _pre(self, *args: Any) -> None:
+        self.cell = self.kernel.get_parent("shell")
+
+    def _post(self, *args: Any) -> None:
+        self.cell = None
+
+    def _publish_status(self, status: str, channel: str, parent: Any = None) -> None:
+        self._original(status, channel, parent)
+        cell = self.cell
+        if status != "idle" or cell is None:
+            return
+        answered = parent or self.kernel.get_parent(channel)
+        mine = (cell.get("header") or {}).get("msg_id")
+        if mine and (answered or {}).get("header", {}).get("msg_id") != mine:
+            self._original("busy", "shell", cell)
+
+
+def keep_busy_while_running(shell: Any) -> None:
+    """Install :class:`_BusyKeeper` in ``shell``'s kernel (once; called from inside a cell)."""
+    kernel = kernel_of(shell)
+    if kernel is None or not hasattr(kernel, "_publish_status"):
+        return
+    with _lock:
+        keeper = getattr(kernel, "_clusterjupyter_busy", None)
+        if keeper is None:
+            keeper = kernel._clusterjupyter_busy = _BusyKeeper(shell, kernel)
+    if on_main_thread() and keeper.cell is None:
+        keeper.cell = kernel.get_parent("shell")  # the cell that is running now

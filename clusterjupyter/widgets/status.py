@@ -26,7 +26,7 @@ import ipywidgets as W
 from ..failure import explain
 from ..journal import JobRecord
 from . import _html as H
-from ._kernel import kernel_of, route_to_subshell
+from ._kernel import keep_busy_while_running, kernel_of, route_to_subshell
 from ._live import Background, close_tree, hub
 
 VIEW_MIME = "application/vnd.jupyter.widget-view+json"
@@ -71,6 +71,7 @@ class JobStatus:
 
                 self.handle = display({"text/plain": self.last}, raw=True, display_id=True)
             return
+        keep_busy_while_running(shell)
         self._build()
         self.routed = route_to_subshell(self.cancel_button, kernel)
         if not self.routed:
