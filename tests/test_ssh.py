@@ -151,6 +151,7 @@ def env(tmp_path_factory, ssh):
                               accept_unknown_host=True),
         "alias": {"scheduler": "local", "host": "cj-test-alias", "python": sys.executable,
                   "workdir": str(remote / "alias")},
+        "nokey": ssh_profile(ssh, remote / "nokey", identity_file="/nope/id"),
         "jump": ssh_profile(ssh, remote / "jump",
                             proxy_jump=f"{ssh['user']}@{ssh['host']}:{ssh['port']}"),
     }
@@ -700,3 +701,166 @@ def test_sshd_restart_while_a_cell_runs(sh, env):
                                  "    print('tick', i, flush=True)\n    time.sleep(1)\n"
                                  "after = 'done'\nafter")
     assert value == "done" and sh.user_ns["after"] == "done"
+
+
+# -- defects found by probing (each on the real sshd) -------------------------------------------
+
+def test_missing_identity_file_is_named(sh, env):
+    r = run(sh, "%%cluster nokey\n1")
+    msg = str(r.error_in_exec)
+    assert isinstance(r.error_in_exec, UsageError), msg
+    assert "/nope/id does not exist" in msg and "no key was offered" not in msg
+    assert len(msg.splitlines()) == 1
+    assert not (env.remote / "nokey").exists()     # nothing was sent
+
+
+def cut_when_the_shell_starts(monkeypatch, t, times: int = 1) -> list[str]:
+    """Cut ``t``'s connection (its real socket) the next ``times`` a persistent shell is asked
+    for, just before the request goes out; the channel then fails as paramiko really fails."""
+    import paramiko
+
+    real = paramiko.Channel.exec_command
+    cuts: list[str] = []
+
+    def cutting(chan, command):
+        if command == "exec /bin/sh" and len(cuts) < times:
+            cuts.append(command)
+            t.break_connection()
+            deadline = time.time() + 5          # paramiko notices the dead socket
+            while chan.get_transport().is_active() and time.time() < deadline:
+                time.sleep(0.001)
+        return real(chan, command)
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", cutting)
+    return cuts
+
+
+def test_drop_while_the_shell_starts_is_retried(env, tmp_path, monkeypatch):
+    """The exact window: the shell was asked for on a connection that just died. Nothing ran,
+    so even a command that must not run twice is run (once) on a new connection."""
+    t = transport("sshlocal")
+    marker = tmp_path / "ran"
+    try:
+        t.connection()
+        cuts = cut_when_the_shell_starts(monkeypatch, t)
+        r = t.run(["sh", "-c", f"echo once >> {marker}; echo done"])     # retry=False
+        assert cuts and r.stdout == "done\n"
+        assert marker.read_text() == "once\n" and t.connects == 2
+    finally:
+        t.close()
+
+
+def test_cell_survives_a_drop_while_the_shell_starts(sh, env, monkeypatch):
+    from clusterjupyter.backends import backend_for
+
+    backend = backend_for("sshlocal")
+    ok(sh, "%%cluster sshlocal\nwarm = 1")
+    backend.transport.close()            # the next command needs a new connection and shell
+    before = len(api.list_jobs(limit=1000))
+    cuts = cut_when_the_shell_starts(monkeypatch, backend.transport)
+    value = ok(sh, "%%cluster sshlocal\nimport os\nran_in = os.getpid()\n'survived'")
+    assert cuts and value == "survived"
+    rec = last_job()
+    assert rec.state.value == "completed" and len(api.list_jobs(limit=1000)) == before + 1
+    assert started_doc(rec)["pid"] == sh.user_ns["ran_in"] != os.getpid()
+    # started once: spawning is once per log, and one pid was recorded
+    pids = Path(JobPaths.from_dir(rec.job_dir).scheduler_log + ".pid").read_text().split()
+    assert len(pids) == 1 and pids[0].isdigit()
+
+
+def test_real_drops_around_shell_start_never_leak_raw_errors(env, tmp_path, caplog):
+    """Connections cut (their sockets closed) at random moments while the first command on a
+    fresh connection starts its remote shell (a login: tenths of a second here): every command
+    runs at most once, and a failure is one clear TransportError (never OSError/EOFError)."""
+    import logging
+    import random
+
+    caplog.set_level(logging.INFO, logger="clusterjupyter")
+    rng = random.Random(7)
+    t = transport("sshlocal")
+    t.backoff = 0.01
+    marker = tmp_path / "ran"
+    outcomes = {"ok": 0, "ambiguous": 0}
+
+    def shell_drops() -> int:
+        return sum("cannot start a shell" in r.getMessage() for r in caplog.records)
+
+    try:
+        t.connection()
+        t.run(["true"])
+        t0 = time.monotonic()
+        t.close()
+        t.connection()
+        t.run(["true"])
+        window = time.monotonic() - t0        # connection + the first shell's start
+        i = 0
+        while i < 40 and (i < 10 or shell_drops() < 3):
+            i += 1
+            t.close()
+            t.connection()
+            timer = threading.Timer(rng.uniform(0, window), t.break_connection)
+            timer.start()
+            try:
+                r = t.run(["sh", "-c", f"echo {i} >> {marker}; echo {i}"])
+                assert r.stdout == f"{i}\n"
+                outcomes["ok"] += 1
+            except TransportError as e:
+                assert "may or may not have run" in str(e) and len(str(e).splitlines()) == 1
+                outcomes["ambiguous"] += 1
+            finally:
+                timer.join()
+        lines = marker.read_text().split()
+        assert len(lines) == len(set(lines))        # nothing ran twice
+        assert outcomes["ok"] + outcomes["ambiguous"] == i and outcomes["ok"] > 0
+        assert shell_drops() >= 1                    # the window was hit for real
+    finally:
+        t.close()
+    print(f"outcomes {outcomes}; drops while the shell started: {shell_drops()}")
+
+
+@pytest.mark.parametrize("kind", ["ssh", "local"])
+def test_a_fifo_is_refused_not_waited_on(env, tmp_path, kind):
+    from clusterjupyter.transports import LocalTransport, NotRegularFile
+
+    fifo = tmp_path / "result.json"
+    os.mkfifo(fifo)
+    t = transport("sshlocal") if kind == "ssh" else LocalTransport()
+    outcome: list[object] = []
+
+    def attempt() -> None:
+        for op in (lambda: t.read(str(fifo)), lambda: t.open(str(fifo)),
+                   lambda: t.read_from(str(fifo), 0)):
+            try:
+                op()
+                outcome.append("read")
+            except NotRegularFile as e:
+                outcome.append(str(e))
+
+    th = threading.Thread(target=attempt, daemon=True)
+    th.start()
+    th.join(20)
+    try:
+        assert not th.is_alive(), "reading a FIFO blocked"
+        assert len(outcome) == 3 and all(f"{fifo}" in str(o) and "is a FIFO" in str(o)
+                                         for o in outcome)
+        if kind == "ssh":      # the session was not blocked behind the FIFO
+            assert t.existing([str(tmp_path)]) == {str(tmp_path)}
+    finally:
+        t.close()
+
+
+def test_result_command_refuses_a_fifo_result(sh, env):
+    ok(sh, "%%cluster sshlocal\nfifo_value = 5\nfifo_value")
+    rec = last_job()
+    result = Path(JobPaths.from_dir(rec.job_dir).result)
+    result.unlink()
+    os.mkfifo(result)
+    got: list = []
+    th = threading.Thread(target=lambda: got.append(run(sh, f"%cluster result {rec.id}")),
+                          daemon=True)
+    th.start()
+    th.join(20)
+    assert not th.is_alive(), "%cluster result blocked on a FIFO"
+    err = got[0].error_in_exec
+    assert err is not None and "is a FIFO, not a regular file" in str(err)
+    assert str(result) in str(err) and len(str(err).splitlines()) == 1

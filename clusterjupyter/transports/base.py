@@ -147,10 +147,11 @@ class NotRegularFile(ClusterError, OSError):
 
     def __init__(self, path: str, kind: str, where: str = ""):
         loc = f" on {where}" if where else ""
-        ClusterError.__init__(self, f"{path}{loc} is {kind}, not a regular file: refusing to "
-                                    "read it")
-        self.errno = errno.EINVAL
-        self.filename = path
+        self.message = f"{path}{loc} is {kind}, not a regular file: refusing to read it"
+        OSError.__init__(self, errno.EINVAL, self.message, path)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def file_kind(mode: int) -> str:
