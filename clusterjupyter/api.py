@@ -9,24 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import serialize
-from .journal import Journal, JobRecord
-from .paths import journal_path
+from .journal import Journal, JobRecord, default_journal
 from .states import JobState
 
 LOG_STREAMS = ("stdout", "stderr", "scheduler")
 
-_journal: Journal | None = None
-
 
 def journal() -> Journal:
     """The journal of this user (one object per process; reopened if the path changed)."""
-    global _journal
-    path = journal_path()
-    if _journal is None or _journal.path != path:
-        _journal = Journal(path)
-        serialize.fingerprint_store = _journal.fingerprints
-    return _journal
+    return default_journal()
 
 
 def list_jobs(states: tuple[str, ...] | None = None, profile: str | None = None,

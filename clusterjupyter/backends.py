@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import socket
-import sys
 import threading
 import time
 import uuid
@@ -20,8 +18,9 @@ from typing import Any
 
 from . import paths as local_paths
 from .errors import ClusterError, ProfileError
+from .failure import describe
 from .jobdir import JobPaths, load_secret, sign_document
-from .journal import Journal, JobRecord
+from .journal import Journal, JobRecord, default_journal
 from .monitor import CANCEL_REQUESTED, Monitor
 from .payload import JobResult, Packed, load_result, manifest_doc
 from .profiles import Profile, get_profile, load_profiles
@@ -66,15 +65,15 @@ class Backend:
     """Scheduler + transport + work root of one profile."""
 
     def __init__(self, profile: Profile, journal: Journal | None = None):
-        from .api import journal as default_journal
-
         self.profile = profile
         self.name = profile.name
         self.journal = journal or default_journal()
         self.transport = make_transport(profile)
         self.scheduler = scheduler_class(profile.scheduler)(self.transport,
                                                             profile.scheduler_options)
-        self.monitor = Monitor(self)
+        self.monitor = Monitor(self.name, self.scheduler, self.transport, self.journal,
+                               lambda: self.key, self.watch_interval,
+                               lambda *end: describe(self, *end))
         self._root: str | None = None
         self._prepared = False
         self._prepare_lock = threading.Lock()
@@ -198,10 +197,11 @@ class Backend:
         blobs = dict(sub.packed.blobs)
         if sub.workdir is not None:
             blobs.update(sub.workdir.blobs())     # staged files and local modules
-        known = {name: b.known_sha256() for name, b in blobs.items()}
+        store = self.journal.fingerprints
+        known = {name: b.known_sha256(store=store) for name, b in blobs.items()}
         present = t.existing({paths.blob(sha) for sha in known.values() if sha})
         for n, (name, blob) in enumerate(blobs.items()):
-            sha = blob.known_sha256()    # also known now if an equal blob was just sent
+            sha = blob.known_sha256(store=store)    # known now if an equal blob was just sent
             if sha is not None and paths.blob(sha) in present:
                 continue
             progress = None
@@ -211,15 +211,16 @@ class Backend:
                 if sha is not None:
                     t.put_blob(blob, paths.blob(sha), progress)
                 else:
-                    sha = self._put_hashing(blob, paths, n, progress)
+                    sha = self._put_hashing(blob, paths, n, progress, store)
             finally:
                 if progress is not None:
                     progress.close()
             present.add(paths.blob(sha))
 
-    def _put_hashing(self, blob: Any, paths: JobPaths, n: int, progress: Any) -> str:
+    def _put_hashing(self, blob: Any, paths: JobPaths, n: int, progress: Any,
+                     store: Any) -> str:
         t = self.transport
-        digest = blob.hash_in_background()
+        digest = blob.hash_in_background(store)
         staging = posixpath.join(paths.blobs, f".incoming-{paths.job_id}-{n}")
         try:
             t.put_blob(blob, staging, progress)
@@ -239,16 +240,21 @@ class Backend:
 
     # -- after ------------------------------------------------------------------------------
     def has_result(self, rec: JobRecord) -> bool:
+        """Whether the job left a result (the signed exit file says so; asked only when the
+        journal does not know, e.g. for a job whose end was recorded without its exit file)."""
+        if rec.result_status != "none":
+            return True
         p = self.paths(rec)
-        return bool(self.transport.existing([p.result]))
+        return bool(self.transport.existing([p.result_sig]))
 
     def fetch_result(self, rec: JobRecord, namespace: dict, main: Any) -> JobResult:
         """Verify and unpickle a finished job's result."""
-        if not self.has_result(rec):
-            raise ClusterError(f"job {rec.id[:8]} ({rec.state.value}) has no result"
-                               + (f": {rec.reason}" if rec.reason else ""))
         paths = self.paths(rec)
-        result = load_result(paths, self.key, self.transport.open, namespace, main)
+        try:
+            result = load_result(paths, self.key, self.transport.open, namespace, main)
+        except FileNotFoundError:
+            raise ClusterError(f"job {rec.id[:8]} ({rec.state.value}) has no result"
+                               + (f": {rec.reason}" if rec.reason else "")) from None
         if result.files or result.files_left:
             from .staging import receive_files
 
@@ -316,7 +322,3 @@ def backend_for_record(rec: JobRecord) -> Backend:
         raise ProfileError(f"job {rec.id[:8]} ran on profile {rec.profile!r}, which no longer "
                            f"exists; profiles: {', '.join(profiles)}")
     return backend_for(profiles[rec.profile])
-
-
-def client_identity() -> dict[str, str]:
-    return {"host": socket.gethostname(), "python": sys.version.split()[0]}

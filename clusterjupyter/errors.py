@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .jobdir import IntegrityError  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from .journal import JobRecord
 
 
 class ClusterError(Exception):
@@ -50,6 +53,29 @@ class ProfileError(ClusterError):
         elif field:
             where = f"field {field!r}"
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class JournalError(ClusterError):
+    """The job journal cannot be opened or read (the message names it and what to do)."""
+
+
+class UnknownJobError(ClusterError, KeyError):
+    """No job in the journal answers to a reference (a KeyError too, for ``except KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousJobError(UnknownJobError):
+    """An id prefix names several jobs; ``candidates`` are their records, newest first."""
+
+    def __init__(self, ref: str, candidates: "list[JobRecord]"):
+        self.ref = ref
+        self.candidates = candidates
+        lines = "\n".join(f"  {r.id[:12]}  {r.name}  {r.state.value}" for r in candidates[:10])
+        more = " (and more)" if len(candidates) > 10 else ""
+        super().__init__(f"job id prefix {ref!r} matches several jobs{more}; give more digits:"
+                         f"\n{lines}")
 
 
 class CaptureError(ClusterError):

@@ -39,7 +39,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-FORMAT_VERSION = 1
 SECRET_ENV = "CLUSTERJUPYTER_SECRET_FILE"
 
 
@@ -105,12 +104,24 @@ def verify_document(key: bytes, kind: str, data: bytes, sig: bytes) -> dict:
     return json.loads(data)
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def sign_exit(key: bytes, job_id: str, doc: dict) -> bytes:
+    """The exit file's bytes: ``doc`` plus a MAC over it bound to the job id."""
+    body = json.dumps(doc, sort_keys=True)
+    return json.dumps({**doc, "mac": mac(key, b"exit", job_id, body)}, sort_keys=True).encode()
+
+
+def verify_exit(key: bytes, job_id: str, data: bytes) -> dict:
+    """The exit file's document, or :class:`IntegrityError` if it was not written by this
+    job's runner (unsigned, altered, copied from another job, not JSON)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise IntegrityError("the exit file state.json is not valid JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("mac"), str):
+        raise IntegrityError("the exit file state.json is not signed")
+    got = doc.pop("mac")
+    check(mac(key, b"exit", job_id, json.dumps(doc, sort_keys=True)), got, "the exit file")
+    return doc
 
 
 # -- paths --------------------------------------------------------------------------------------

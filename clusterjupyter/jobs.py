@@ -11,9 +11,10 @@ import warnings
 from typing import Any, Callable
 
 from .backends import Backend, backend_for_record
-from .errors import ClusterError, JobCancelledError, JobFailedError
+from .errors import ClusterError, IntegrityError, JobCancelledError, JobFailedError
 from .failure import error_of, explain, format_error
 from .journal import JobRecord
+from .monitor import INTEGRITY
 from .payload import JobResult
 from .states import JobState
 
@@ -220,8 +221,10 @@ def _default_namespace() -> tuple[dict, Any]:
     return main.__dict__, main
 
 
-def failure(backend: Backend, rec: JobRecord) -> JobFailedError:
+def failure(backend: Backend, rec: JobRecord) -> Exception:
     """The error for a job that ended without a result: state, reason, log tail."""
+    if rec.reason.startswith(INTEGRITY):
+        return IntegrityError(f"job {rec.id[:8]}: {rec.reason}")
     err = error_of(rec, backend)
     cls = JobCancelledError if rec.state is JobState.CANCELLED else JobFailedError
     return cls(rec.id[:8], rec.state.value.replace("_", " "), explain(rec, err),

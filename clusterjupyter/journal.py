@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
+from .errors import AmbiguousJobError, JournalError, UnknownJobError
+from .paths import journal_path
 from .serialize import FingerprintStore
 from .states import JobState
 
@@ -51,6 +54,9 @@ CREATE TABLE IF NOT EXISTS fingerprints (
 """
 #: fingerprints kept (least recently seen go first)
 FINGERPRINTS_MAX = 4096
+
+#: what may name a job by its id: 4 to 32 hex digits
+_HEX_PREFIX = re.compile(r"[0-9a-fA-F]{4,32}")
 
 ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
 
@@ -109,9 +115,16 @@ class Journal:
         self.path = path
         self._local = threading.local()
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        with self._conn() as c:
-            c.executescript(SCHEMA)
-            _migrate(c)
+        try:
+            with self._conn() as c:
+                c.executescript(SCHEMA)
+                _migrate(c)
+        except sqlite3.DatabaseError as e:
+            self._local.conn = None
+            raise JournalError(
+                f"the job journal {path} cannot be read ({e}). Move it aside to start a new "
+                f"one (mv {path} {path}.broken); the jobs it recorded will no longer be "
+                "listed, their job directories stay where they are") from None
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -158,15 +171,29 @@ class Journal:
         return JobRecord.from_row(row) if row else None
 
     def find(self, ref: str) -> JobRecord:
-        """A job by uuid, uuid prefix (≥ 4 chars), name, or native id; the newest wins."""
+        """A job by id, id prefix (4+ hex digits), name or native id, matched literally.
+
+        An id prefix shared by several jobs is an :class:`AmbiguousJobError` listing them; a
+        name or native id used more than once means the newest such job.
+        """
         ref = ref.strip()
-        rows = self._conn().execute(
-            "SELECT * FROM jobs WHERE id = :r OR name = :r OR native_id = :r "
-            "OR (length(:r) >= 4 AND id LIKE :p) ORDER BY submitted DESC LIMIT 2",
-            {"r": ref, "p": ref + "%"}).fetchall()
-        if not rows:
-            raise KeyError(f"no job {ref!r} in the journal ({self.path})")
-        return JobRecord.from_row(rows[0])
+        conn = self._conn()
+        if _HEX_PREFIX.fullmatch(ref):
+            prefix = ref.lower()
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE substr(id, 1, :n) = :p ORDER BY submitted DESC "
+                "LIMIT 11", {"n": len(prefix), "p": prefix}).fetchall()
+            if len(rows) == 1:
+                return JobRecord.from_row(rows[0])
+            if rows:
+                raise AmbiguousJobError(ref, [JobRecord.from_row(r) for r in rows])
+        row = conn.execute(
+            "SELECT * FROM jobs WHERE name = :r OR native_id = :r ORDER BY submitted DESC "
+            "LIMIT 1", {"r": ref}).fetchone()
+        if row is None:
+            raise UnknownJobError(f"no job {ref!r} in the journal ({self.path}); a job is "
+                                  "named by an id prefix (4+ hex digits), a name or a native id")
+        return JobRecord.from_row(row)
 
     def list(self, states: tuple[str, ...] | None = None, profile: str | None = None,
              limit: int = 200) -> list[JobRecord]:
@@ -230,6 +257,20 @@ class Fingerprints(FingerprintStore):
                   (fingerprint, sha256, time.time()))
         c.execute("DELETE FROM fingerprints WHERE fingerprint IN (SELECT fingerprint FROM "
                   "fingerprints ORDER BY seen DESC LIMIT -1 OFFSET ?)", (FINGERPRINTS_MAX,))
+
+
+_default: Journal | None = None
+_default_lock = threading.Lock()
+
+
+def default_journal() -> Journal:
+    """The journal of this user (one object per process; reopened if the path changed)."""
+    global _default
+    path = journal_path()
+    with _default_lock:
+        if _default is None or _default.path != path:
+            _default = Journal(path)
+        return _default
 
 
 def format_seconds(s: float | None) -> str:

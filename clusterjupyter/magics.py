@@ -7,6 +7,7 @@ payload, backends, journal) is library code shared with the panel and the server
 from __future__ import annotations
 
 import difflib
+import keyword
 import os
 import sys
 import time
@@ -119,11 +120,16 @@ class ClusterMagics(Magics):
         if cell is None:
             return self._line(line)
         args = self._parse(self.cluster, line)
+        if args.job is not None and not (args.job.isidentifier()
+                                         and not keyword.iskeyword(args.job)):
+            raise UsageError(f"--job needs a Python name to bind the Job to, not {args.job!r}")
         return self._run_cell(args, cell)
 
     def _parse(self, func: Any, line: str) -> Any:
         try:
             return _unquoted(parse_argstring(func, line))
+        except ValueError as e:  # shlex: an unclosed quote
+            raise UsageError(f"cannot read the options ({e}): {line.strip()}") from None
         except UsageError as e:
             msg = str(e)
             bad = [w for w in line.split() if w.startswith("-")]
@@ -276,7 +282,7 @@ class ClusterMagics(Magics):
             elif word == "--profile":
                 profile = next(it, None)
             elif word == "--limit":
-                limit = int(next(it, "50"))
+                limit = _count("--limit", next(it, ""))
             else:
                 raise UsageError(f"unknown option {word!r} for %cluster jobs; valid: --active, "
                                  "--state STATE[,STATE], --profile NAME, --limit N")
@@ -318,7 +324,7 @@ class ClusterMagics(Magics):
             elif word in ("--stderr", "--stdout", "--scheduler"):
                 stream = word[2:]
             elif word in ("--tail", "-n"):
-                tail = int(next(it, "20"))
+                tail = _count("--tail", next(it, ""))
             elif word.startswith("-"):
                 raise UsageError(f"unknown option {word!r} for %cluster logs; valid: "
                                  "--stream stdout|stderr|scheduler, --tail N")
@@ -404,6 +410,17 @@ class ClusterMagics(Magics):
         from .widgets import Panel
 
         return Panel()
+
+
+def _count(option: str, text: str) -> int:
+    """A positive whole number given to ``option``, or a UsageError saying so."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{option} needs a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _kernel_id(shell: Any = None) -> str:

@@ -8,7 +8,6 @@ unpickling it.
 
 from __future__ import annotations
 
-import json
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,6 +19,8 @@ from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
 from .runner import EXCEPTION_KEY, RESULT_KEY
 
 Opener = Callable[[str], Any]
+#: the largest signed document read before its signature is checked
+MAX_DOCUMENT = 256 << 20
 
 
 @dataclass
@@ -111,13 +112,25 @@ def _rebuild_exception(payload: Any, info: dict) -> BaseException:
     return exc
 
 
+def _read_capped(f: Any, limit: int, what: str) -> bytes:
+    """All of ``f`` if it holds at most ``limit`` bytes (memory taken as bytes arrive)."""
+    pieces, size = [], 0
+    while piece := f.read(min(1 << 20, limit + 1 - size)):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            raise IntegrityError(f"{what} is larger than any such file ({limit} bytes); "
+                                 "refusing to read it")
+    return b"".join(pieces)
+
+
 def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
                 main: types.ModuleType) -> JobResult:
     """Read, verify and unpickle a job's result through ``opener`` (a transport's ``open``)."""
     with opener(paths.result) as f:
-        data = f.read()
+        data = _read_capped(f, MAX_DOCUMENT, paths.result)
     with opener(paths.result_sig) as f:
-        sig = f.read()
+        sig = _read_capped(f, 256, paths.result_sig)
     doc = verify_document(key, "result", data, sig)
     if doc.get("job_id") != paths.job_id:
         raise IntegrityError("result belongs to another job")
@@ -139,10 +152,11 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
             check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
             with opener(paths.outputs + "/" + entry["file"]) as f:
                 try:
-                    value = serialize.load(f, main, resolve, expect_sha256=entry["sha256"])
-                except serialize.BlobMismatch:
-                    raise IntegrityError(f"output {name!r} was altered; refusing to unpickle "
-                                         "it") from None
+                    value = serialize.load(f, main, resolve, expect_sha256=entry["sha256"],
+                                           expect_size=entry.get("size"))
+                except serialize.BlobMismatch as e:
+                    raise IntegrityError(f"output {name!r} was altered ({e}); refusing to "
+                                         "unpickle it") from None
         loaded[name] = value
         return value
 
@@ -201,7 +215,3 @@ def manifest_doc(job_id: str, name: str, source: str, has_result: bool, packed: 
         "deleted": deleted,
         "outputs": outputs,
     }
-
-
-def dumps_json(doc: dict) -> bytes:
-    return json.dumps(doc).encode()

@@ -140,6 +140,12 @@ class Profile:
                 raise ProfileError(f"invalid environment variable name {key!r}", name, "env")
         kw["env"] = {k: str(v) for k, v in kw.get("env", {}).items()}
         _check_staging(name, kw)
+        if not kw.get("host"):
+            stray = [k for k in REMOTE_ONLY if kw.get(k) not in (None, False, "")]
+            if stray:
+                raise ProfileError(f"{', '.join(stray)} only apply to a remote host, and there "
+                                   "is no 'host': add host = \"...\" (or remove them to run "
+                                   "on this machine)", name, stray[0])
         profile = cls(**kw)
         Resources.parse(profile.resources, profile.name)  # names a bad resource field
         return profile
@@ -202,15 +208,33 @@ def builtin_local() -> Profile:
                    description="this machine (a separate process per job)")
 
 
+#: what the top level of the profiles file may hold
+TOP_LEVEL = ("default", "profiles")
+#: fields that only mean something for a remote host
+REMOTE_ONLY = ("user", "port", "identity_file", "known_hosts", "accept_unknown_host",
+               "proxy_jump")
+
+
 def read_file(path: str | None = None) -> dict[str, Any]:
+    """The profiles file as a table, checked at the top level (``default``, ``profiles``)."""
     path = path or profiles_path()
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = tomllib.load(f)
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path} is not valid TOML: {e}") from None
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise ProfileError(f"unknown top-level key {key!r} in {path}; valid keys: "
+                               f"{', '.join(TOP_LEVEL)} (a profile goes under [profiles.NAME])")
+    if "default" in data and not isinstance(data["default"], str):
+        raise ProfileError(f"'default' in {path} must be a profile name in quotes, not "
+                           f"{data['default']!r}")
+    return data
 
 
 def load_profiles(path: str | None = None) -> dict[str, Profile]:
@@ -228,9 +252,7 @@ def load_profiles(path: str | None = None) -> dict[str, Profile]:
 
 
 def default_profile_name(path: str | None = None) -> str:
-    data = read_file(path)
-    name = data.get("default", LOCAL)
-    return name if isinstance(name, str) else LOCAL
+    return str(read_file(path).get("default", LOCAL))
 
 
 def get_profile(name: str | None, path: str | None = None) -> Profile:

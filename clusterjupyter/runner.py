@@ -22,8 +22,10 @@ import ast
 import builtins
 import hashlib
 import io
+import json
 import linecache
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -35,7 +37,8 @@ from typing import Any
 from . import _display, serialize
 from ._workdir import Workdir
 from .jobdir import (SECRET_ENV, IntegrityError, JobPaths, blob_mac, check, load_secret,
-                     sign_document, verify_document, write_atomic, write_json_atomic)
+                     sign_document, sign_exit, verify_document, write_atomic,
+                     write_json_atomic)
 
 RESULT_KEY = "__result__"
 EXCEPTION_KEY = "__exception__"
@@ -174,7 +177,10 @@ class Runner:
                   f"input {name!r}")
             got = hashlib.sha256()
             with open(self.paths.blob(entry["sha256"]), "rb") as f:
-                data, buffers = serialize.read_blob(f, got)
+                try:
+                    data, buffers = serialize.read_blob(f, got, entry.get("size"))
+                except pickle.UnpicklingError as e:
+                    raise IntegrityError(f"blob of input {name!r} was altered ({e})") from None
             if got.hexdigest() != entry["sha256"]:
                 raise IntegrityError(f"blob of input {name!r} was altered")
             value = serialize._Unpickler(io.BytesIO(data), self.module, load, buffers).load()
@@ -301,8 +307,14 @@ class Runner:
     def write_state(self, state: str, exit_code: int, reason: str = "", **extra: Any) -> None:
         doc = {"state": state, "exit_code": exit_code, "reason": reason,
                "host": socket.gethostname(), "pid": os.getpid(),
-               "started": self.started, "finished": time.time(), **extra}
-        write_json_atomic(self.paths.state, doc)
+               "started": self.started, "finished": time.time(),
+               "result": os.path.exists(self.paths.result_sig), **extra}
+        try:
+            self.key = self.key or load_secret(self._secret_path())
+        except (OSError, IntegrityError):
+            pass  # unsigned: the kernel reports it as not verifiable, with this reason
+        data = sign_exit(self.key, self.paths.job_id, doc) if self.key else json.dumps(doc)
+        write_atomic(self.paths.state, data.encode() if isinstance(data, str) else data)
 
 
 def _exception_payload(exc: BaseException) -> Any:
@@ -328,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runner = Runner(argv[0])
     paths = runner.paths
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGXCPU):
         signal.signal(signum, _on_signal)
     write_json_atomic(paths.started, {
         "host": socket.gethostname(), "pid": os.getpid(), "time": runner.started,
@@ -354,8 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         values, mutated, deleted = runner.collect(before)
         runner.write_result(values, mutated, deleted, last, has_last, exc)
     except Terminated as t:
-        runner.write_state("cancelled", 128 + t.signum, f"terminated by {t} while {phase}",
-                           signal=t.signum)
+        if t.signum == signal.SIGXCPU:  # a time limit (the local scheduler's, RLIMIT_CPU)
+            runner.write_state("timeout", 128 + t.signum,
+                               f"time limit reached ({t} while {phase})", signal=t.signum)
+        else:
+            runner.write_state("cancelled", 128 + t.signum, f"terminated by {t} while {phase}",
+                               signal=t.signum)
         return 128 + t.signum
     except BaseException as e:
         traceback.print_exc()

@@ -114,7 +114,7 @@ FINGERPRINT_PIECE = 64 << 20
 
 
 class FingerprintStore:
-    """Where fingerprints outlive the process (the kernel side sets one: the journal)."""
+    """Where fingerprints outlive the process (the kernel side passes the journal's)."""
 
     def get(self, fingerprint: str) -> str | None:
         raise NotImplementedError
@@ -123,17 +123,14 @@ class FingerprintStore:
         raise NotImplementedError
 
 
-fingerprint_store: FingerprintStore | None = None
-
-
-def _remember(fingerprint: str, sha: str, store: bool) -> None:
+def _remember(fingerprint: str, sha: str, store: FingerprintStore | None) -> None:
     _KNOWN[fingerprint] = sha
     _KNOWN.move_to_end(fingerprint)
     while len(_KNOWN) > _KNOWN_MAX:
         _KNOWN.popitem(last=False)
-    if store and fingerprint_store is not None:
+    if store is not None:
         try:
-            fingerprint_store.put(fingerprint, sha)
+            store.put(fingerprint, sha)
         except Exception:
             pass
 
@@ -165,26 +162,27 @@ class Blob:
         assert self._sha256 is not None
         return self._sha256
 
-    def known_sha256(self, hash_up_to: int = PIPELINE_MIN) -> str | None:
+    def known_sha256(self, hash_up_to: int = PIPELINE_MIN,
+                     store: FingerprintStore | None = None) -> str | None:
         """The sha256 if it is cheap to have: known already (this blob's bytes were hashed
-        before, by this process or one sharing its fingerprint store) or, for blobs of at most
-        ``hash_up_to`` bytes, hashed now. None otherwise."""
+        before, by this process or one sharing the fingerprint ``store``) or, for blobs of at
+        most ``hash_up_to`` bytes, hashed now (and remembered in ``store``). None otherwise."""
         if self._sha256 is not None:
             return self._sha256
         fingerprint = self.fingerprint()
         if fingerprint is not None:
             known = _KNOWN.get(fingerprint)
-            if known is None and fingerprint_store is not None:
+            if known is None and store is not None:
                 try:
-                    known = fingerprint_store.get(fingerprint)
+                    known = store.get(fingerprint)
                 except Exception:
                     known = None
             if known is not None:
-                _remember(fingerprint, known, store=False)
+                _remember(fingerprint, known, None)
                 self._sha256 = known
                 return known
         if self.size <= hash_up_to:
-            self._sha256 = self._hash()
+            self._sha256 = self._hash(store)
         return self._sha256
 
     def fingerprint(self) -> str | None:
@@ -212,17 +210,17 @@ class Blob:
             self._fingerprint = f"{self.size}:{xxhash.xxh3_128_hexdigest(b''.join(digests))}"
         return self._fingerprint
 
-    def _hash(self) -> str:
+    def _hash(self, store: FingerprintStore | None = None) -> str:
         digest = hashlib.sha256()
         for part in self.parts:
             digest.update(part)     # releases the GIL: other threads go on meanwhile
         sha = digest.hexdigest()
         fingerprint = self.fingerprint()
         if fingerprint is not None:
-            _remember(fingerprint, sha, store=True)
+            _remember(fingerprint, sha, store)
         return sha
 
-    def hash_in_background(self) -> Callable[[], str]:
+    def hash_in_background(self, store: FingerprintStore | None = None) -> Callable[[], str]:
         """Start hashing in a thread; returns a function that waits for the sha256."""
         if self._sha256 is not None:
             return lambda: self.sha256
@@ -230,7 +228,7 @@ class Blob:
 
         def work() -> None:
             try:
-                box["sha"] = self._hash()
+                box["sha"] = self._hash(store)
             except BaseException as e:  # handed to the caller of wait()
                 box["error"] = e
 
@@ -334,11 +332,19 @@ class _Unpickler(pickle.Unpickler):
                 f"class {name!r} is not defined in the receiving namespace") from None
 
 
-def read_blob(f: BinaryIO, digest: Any = None) -> tuple[bytes, list[bytearray]]:
+#: largest piece read at once when a blob's size is not known in advance
+_READ_PIECE = 64 << 20
+
+
+def read_blob(f: BinaryIO, digest: Any = None,
+              size: int | None = None) -> tuple[bytes, list[bytearray]]:
     """Read the framed blob from ``f``: the pickle stream and writable buffers.
 
     If ``digest`` (a hashlib object) is given, every byte of the blob is fed to it, and the blob
-    must end where its header says it ends.
+    must end where its header says it ends. If ``size`` (the signed size of the blob) is given,
+    the header must add up to it exactly, checked before anything is allocated; without it,
+    memory is taken only as bytes actually arrive. Either way a header that claims more than
+    the file holds costs nothing.
     """
     digest = digest if digest is not None else _NoDigest()
     head = f.read(_HEAD.size)
@@ -348,28 +354,52 @@ def read_blob(f: BinaryIO, digest: Any = None) -> tuple[bytes, list[bytearray]]:
     magic, nbuf, plen = _HEAD.unpack(head)
     if magic != MAGIC:
         raise pickle.UnpicklingError("not a clusterjupyter blob")
-    table = f.read(8 * nbuf)
+    if size is not None and _HEAD.size + 8 * nbuf > size:
+        raise pickle.UnpicklingError("blob header does not match its size")
+    table = _read_exactly(f, 8 * nbuf)
     digest.update(table)
     sizes = struct.unpack(f"<{nbuf}Q", table) if nbuf else ()
-    data = f.read(plen)
-    if len(data) != plen:
-        raise pickle.UnpicklingError("truncated blob")
+    if size is not None and _HEAD.size + len(table) + plen + sum(sizes) != size:
+        raise pickle.UnpicklingError("blob header does not match its size")
+    data = _read_exactly(f, plen)
     digest.update(data)
     buffers = []
-    for size in sizes:
-        buf = bytearray(size)
-        view = memoryview(buf)
-        got = 0
-        while got < size:
-            n = f.readinto(view[got:])
-            if not n:
-                raise pickle.UnpicklingError("truncated blob")
-            got += n
-        digest.update(view)
+    for n in sizes:
+        if size is None:
+            buf = bytearray(_read_exactly(f, n))
+        else:
+            buf = bytearray(n)
+            view = memoryview(buf)
+            got = 0
+            while got < n:
+                k = f.readinto(view[got:])
+                if not k:
+                    raise pickle.UnpicklingError("truncated blob")
+                got += k
+        digest.update(buf)
         buffers.append(buf)
     if not isinstance(digest, _NoDigest) and f.read(1):
         raise pickle.UnpicklingError("blob has trailing data")
     return data, buffers
+
+
+def _read_exactly(f: BinaryIO, n: int) -> bytes:
+    """``n`` bytes from ``f``, taking memory piece by piece as they arrive."""
+    if n <= _READ_PIECE:
+        data = f.read(n)
+    else:
+        pieces = []
+        left = n
+        while left:
+            piece = f.read(min(left, _READ_PIECE))
+            if not piece:
+                break
+            pieces.append(piece)
+            left -= len(piece)
+        data = b"".join(pieces)
+    if len(data) != n:
+        raise pickle.UnpicklingError("truncated blob")
+    return data
 
 
 class _NoDigest:
@@ -378,11 +408,19 @@ class _NoDigest:
 
 
 def load(f: BinaryIO, main: types.ModuleType | None = None, resolve: Resolver | None = None,
-         expect_sha256: str | None = None) -> Any:
+         expect_sha256: str | None = None, expect_size: int | None = None) -> Any:
     """Unpickle a blob. Only call this on data whose signature has been verified: pass the
-    signed ``expect_sha256`` and the bytes are checked against it *before* unpickling."""
+    signed ``expect_sha256`` (and ``expect_size``) and the bytes are checked against them
+    *before* unpickling; anything that does not match is a :class:`BlobMismatch`."""
     digest = hashlib.sha256() if expect_sha256 is not None else None
-    data, buffers = read_blob(f, digest)
+    try:
+        data, buffers = read_blob(f, digest, expect_size)
+    except BlobMismatch:
+        raise
+    except pickle.UnpicklingError as e:
+        if digest is None:
+            raise
+        raise BlobMismatch(f"blob does not match its signature ({e})") from None
     if digest is not None and digest.hexdigest() != expect_sha256:
         raise BlobMismatch("blob content does not match its signed digest")
     main = main if main is not None else sys.modules["__main__"]

@@ -45,7 +45,9 @@ class LocalScheduler(Scheduler):
             # a process that asks for more than --mem gets a MemoryError (reported as OOM)
             words.append(f"sh -c 'ulimit -v {int(res.mem) * 1024} && exec \"$@\"' sh ")
         if res.time:
-            words.append(f"timeout --signal=TERM --kill-after=10 {int(res.time)} ")
+            # SIGXCPU, the time-limit signal: the runner itself reports a timeout, so every
+            # process reading the journal agrees (only this kernel could see timeout's 124)
+            words.append(f"timeout --signal=XCPU --kill-after=10 {int(res.time)} ")
         return "".join(words)
 
     def submit(self, spec: JobSpec) -> str:

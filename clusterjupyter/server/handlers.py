@@ -20,8 +20,8 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .. import api
+from ..errors import AmbiguousJobError, ClusterError, ProfileError
 from ..jobs import job_json
-from ..errors import ClusterError, ProfileError
 from ..journal import JobRecord
 from ..states import JobState
 
@@ -60,6 +60,8 @@ class _Handler(APIHandler):
     async def _job(self, ref: str) -> JobRecord:
         try:
             return await asyncio.to_thread(api.get_job, ref)
+        except AmbiguousJobError as exc:
+            raise _error(400, str(exc)) from None
         except KeyError:
             raise _error(404, f"no job {ref!r}") from None
 
