@@ -203,25 +203,31 @@ class Workdir:
         left: dict[str, int] = {}
         total = 0
         os.makedirs(self.paths.files, mode=0o700, exist_ok=True)
+        unreadable: dict[str, str] = {}
         for rel, st in changed:
             full = os.path.join(self.cwd, rel)
-            sha = _sha256(full)
-            if self.staged.get(rel) == sha:
-                continue                      # touched, same content
             if total + st.st_size > max_size or len(files) >= max_files:
                 left[rel] = st.st_size
                 continue
-            total += st.st_size
             name = f"{len(files)}"
             dst = os.path.join(self.paths.files, name)
             try:
-                os.link(full, dst)
-            except OSError:
-                shutil.copyfile(full, dst)
+                try:
+                    os.link(full, dst)
+                except OSError:
+                    shutil.copyfile(full, dst)
+                sha = _sha256(dst)
+            except OSError as e:          # one unreadable file must not lose the result
+                unreadable[rel] = f"{type(e).__name__}: {e}"
+                continue
+            if self.staged.get(rel) == sha:
+                os.unlink(dst)
+                continue                      # touched, same content
+            total += st.st_size
             files[rel] = {"file": name, "sha256": sha, "size": st.st_size,
                           "mode": stat.S_IMODE(st.st_mode) & 0o777,
                           "mac": file_mac(self.key, self.paths.job_id, rel, sha)}
         out: dict[str, Any] = {"files": files}
-        if left:
-            out["files_left"] = {"dir": self.cwd, "files": left}
+        if left or unreadable:
+            out["files_left"] = {"dir": self.cwd, "files": left, "unreadable": unreadable}
         return out

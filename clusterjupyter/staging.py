@@ -30,6 +30,7 @@ The job-side half is :mod:`clusterjupyter._workdir`.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import mmap
@@ -228,7 +229,8 @@ def file_blob(f: LocalFile) -> Blob:
 
 # -- local modules ------------------------------------------------------------------------------
 
-def _installed_roots() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _installed_roots() -> tuple[str, ...]:
     roots = set()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         p = sysconfig.get_paths().get(key)
@@ -244,7 +246,7 @@ def _installed_roots() -> list[str]:
     for p in sys.path:
         if p and os.path.basename(p) in ("site-packages", "dist-packages"):
             roots.add(os.path.realpath(p))
-    return sorted(roots)
+    return tuple(sorted(roots))
 
 
 def is_local(module: types.ModuleType) -> bool:
@@ -289,21 +291,29 @@ def local_module(name: str) -> LocalModule | None:
     return LocalModule(name, os.path.dirname(path), [os.path.basename(path)])
 
 
-def _pickle_strings(blob: Blob, limit: int = 4 << 20) -> set[str]:
-    """Short strings in a blob's pickle stream (module names among them), if it is small."""
-    import pickletools
-    import struct
+_local_cache: tuple[int, frozenset[str]] = (-1, frozenset())
 
-    if len(blob.parts) < 2 or blob.parts[1].nbytes > limit:
+
+def loaded_local_modules() -> frozenset[str]:
+    """Top-level names of the local modules this kernel has imported (recomputed when the
+    number of loaded modules changes)."""
+    global _local_cache
+    count = len(sys.modules)
+    if _local_cache[0] != count:
+        names = frozenset(name for name, mod in list(sys.modules.items())
+                          if "." not in name and isinstance(mod, types.ModuleType)
+                          and is_local(mod))
+        _local_cache = (count, names)
+    return _local_cache[1]
+
+
+def _named_in_pickle(blob: Blob, names: Iterable[str], limit: int = 64 << 20) -> set[str]:
+    """Which of ``names`` occur in the blob's pickle stream (its out-of-band buffers, the bulk
+    of arrays, are not searched): a class or function of a module is pickled by its name."""
+    if not names or len(blob.parts) < 2 or blob.parts[1].nbytes > limit:
         return set()
-    out = set()
-    try:
-        for _op, arg, _pos in pickletools.genops(bytes(blob.parts[1])):
-            if isinstance(arg, str) and len(arg) < 200:
-                out.add(arg.split(" ")[0].split(".")[0])
-    except (ValueError, struct.error):
-        pass
-    return out
+    data = bytes(blob.parts[1])
+    return {n for n in names if n.encode() in data}
 
 
 def modules_used(source: str, namespace_modules: Mapping[str, str], values: Mapping[str, Any],
@@ -325,8 +335,9 @@ def modules_used(source: str, namespace_modules: Mapping[str, str], values: Mapp
                 names.add(node.module.split(".")[0])
     except SyntaxError:
         pass
+    local = loaded_local_modules()
     for blob in blobs.values():
-        names.update(n for n in _pickle_strings(blob) if n in sys.modules)
+        names.update(_named_in_pickle(blob, local - names))
     return {n for n in names if n in sys.modules}
 
 
@@ -610,13 +621,14 @@ def receive_files(transport: Any, paths: Any, key: bytes, files: dict[str, Any],
     if left:
         out.left = {str(k): int(v) for k, v in left.get("files", {}).items()}
         out.left_dir = str(left.get("dir", ""))
+        out.refused.update({str(k): f"could not be read where the job ran ({v})"
+                            for k, v in left.get("unreadable", {}).items()})
     try:
         with open(_record_path(job_id), "rb") as f:
             record = json.load(f)
     except FileNotFoundError:
-        if files:
-            out.refused = {rel: "this kernel did not submit the job (no staging record)"
-                           for rel in files}
+        out.refused.update({rel: "this kernel did not submit the job (no staging record)"
+                            for rel in files})
         return out
     cwd, sent = record["cwd"], record.get("sent", {})
     for rel, entry in sorted(files.items()):

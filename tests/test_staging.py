@@ -167,7 +167,12 @@ def test_local_job_imports_modules_from_the_kernels_sys_path(shell, project, src
 def ssh_env(tmp_path_factory):
     ssh = ensure("sshd")["ssh"]
     remote = tmp_path_factory.mktemp("staging-remote")
+    laptop, mirror = remote / "laptop", remote / "mirror"
+    laptop.mkdir()
+    mirror.mkdir()
     profiles = {"far": ssh_profile(ssh, remote / "work"),
+                "mapped": ssh_profile(ssh, remote / "work",
+                                      path_map={str(laptop): str(mirror)}),
                 "far_small": ssh_profile(ssh, remote / "work", stage_max_files=3,
                                          return_limit="1K")}
     e, mp = make_env(tmp_path_factory, "staging", profiles)
@@ -191,8 +196,9 @@ def test_files_travel_to_the_ssh_host_and_back(sh, ssh_env, project):
                "open('out/table.csv', 'w').write('x\\n' + str(len(lines)))\n"
                "import matplotlib\nmatplotlib.use('svg')\nimport matplotlib.pyplot as plt\n"
                "plt.plot([1, 2])\nplt.savefig('fig.svg')\nplt.close('all')\n"
-               "where, pid = os.getcwd(), os.getpid()")
+               "where, pid = os.getcwd(), os.getpid()\nhead = !head -n 1 data.txt")
     rec = last_job()
+    assert list(sh.user_ns["head"]) == ["hello from the notebook's directory"]
     # provenance: another process, in the job's own directory on the SSH host
     assert sh.user_ns["pid"] == started(rec)["pid"] != os.getpid()
     where = sh.user_ns["where"]
@@ -340,3 +346,21 @@ def test_a_file_altered_on_the_cluster_is_refused(sh, ssh_env, project):
         ok(sh, "pass")
     assert not (project / "result.txt").exists()
     assert "refused result.txt" in cap.stderr
+
+
+@pytest.mark.ssh
+def test_path_map_runs_the_job_in_the_mapped_directory(sh, ssh_env, monkeypatch):
+    laptop, mirror = ssh_env.remote / "laptop", ssh_env.remote / "mirror"
+    (laptop / "data.txt").write_text("the laptop's copy\n")
+    (mirror / "data.txt").write_text("the cluster's copy\n")
+    monkeypatch.chdir(laptop)
+    with capture_output() as cap:
+        ok(sh, "%%cluster mapped\nimport os\ntext = open('data.txt').read()\n"
+               f"by_path = open('{laptop / 'data.txt'}').read()\n"
+               "open('made.txt', 'w').write('m')\nwhere, pid = os.getcwd(), os.getpid()")
+    assert sh.user_ns["where"] == str(mirror)
+    assert sh.user_ns["pid"] == started(last_job())["pid"] != os.getpid()
+    assert sh.user_ns["text"] == sh.user_ns["by_path"] == "the cluster's copy\n"
+    # written where the job ran, which is this directory's other self: nothing travels
+    assert (mirror / "made.txt").read_text() == "m" and not (laptop / "made.txt").exists()
+    assert "files from job" not in cap.stderr
