@@ -276,7 +276,7 @@ def local_module(name: str) -> LocalModule | None:
     module = sys.modules.get(name)
     if module is None or not is_local(module):
         return None
-    path = os.path.realpath(module.__file__)  # type: ignore[arg-type]
+    path = os.path.realpath(str(module.__file__))
     if os.path.basename(path).startswith("__init__."):
         pkg = os.path.dirname(path)
         root = os.path.dirname(pkg)
@@ -445,7 +445,7 @@ def _walk_files(top: str) -> Iterable[str]:
 
 
 def make_plan(profile: Any, source: str, values: Mapping[str, Any],
-              namespace_modules: Mapping[str, str], blobs: Mapping[str, Blob] = {},
+              namespace_modules: Mapping[str, str], blobs: Mapping[str, Blob] | None = None,
               stage: Iterable[str] = (), stage_limit: str | None = None,
               cwd: str | None = None) -> Plan:
     """Decide where the job runs and find what must travel; raise :class:`StagingError` (naming
@@ -458,63 +458,20 @@ def make_plan(profile: Any, source: str, values: Mapping[str, Any],
         raise StagingError(f"--stage-limit: {e}") from None
     plan = Plan(cwd=cwd, shared=placement(profile, cwd), limits=limits, profile=profile.name)
     mods = [m for m in (local_module(n) for n in sorted(
-        modules_used(source, namespace_modules, values, blobs))) if m is not None]
+        modules_used(source, namespace_modules, values, blobs or {}))) if m is not None]
     plan.module_names = [m.name for m in mods]
     if not plan.staged:
-        if profile.path_map:
-            plan.module_paths = [p for p in (map_path(m.root, profile.path_map) for m in mods)
-                                 if p is not None]
-            for s in candidates(source, values):
-                if os.path.isabs(s) and os.path.exists(s):
-                    mapped = map_path(os.path.normpath(s), profile.path_map)
-                    if mapped is not None and mapped != s:
-                        plan.rewrite[s] = mapped
-        else:
-            plan.module_paths = sorted({m.root for m in mods})
+        _plan_shared(plan, profile, mods, source, values)
         return plan
-    explicit = [*profile.stage, *stage]
-    found: dict[str, str] = {}        # local absolute path -> literal that named it
-    for s in [*explicit, *candidates(source, values)]:
-        full = os.path.normpath(os.path.join(cwd, os.path.expanduser(s)) if s in explicit
-                                else os.path.join(cwd, s))
-        try:
-            st = os.stat(full)
-        except (OSError, ValueError):
-            if s in explicit:
-                raise StagingError(f"--stage {s}: no such file or directory here ({full})") \
-                    from None
-            continue
-        if s not in explicit:
-            # too broad to be meant: the working directory itself or one of its parents, or a
-            # directory outside it (/tmp, /usr …); --stage names those on purpose
-            if _is_within(cwd, full) or (stat.S_ISDIR(st.st_mode) and not _is_within(full, cwd)):
-                continue
-        found.setdefault(full, s)
-    local_files: dict[str, os.stat_result] = {}
-    dirs = []
-    for full in found:
-        st = os.stat(full)
-        if stat.S_ISDIR(st.st_mode):
-            dirs.append(full)
-            for f in _walk_files(full):
-                try:
-                    fst = os.stat(f)
-                except OSError:
-                    continue
-                if stat.S_ISREG(fst.st_mode):
-                    local_files[f] = fst
-                if len(local_files) > limits.files:
-                    break
-        elif stat.S_ISREG(st.st_mode):
-            local_files[full] = st
+    found = _find_staged([*profile.stage, *stage], candidates(source, values), cwd)
     plan.base = os.path.commonpath([cwd, *found]) if found else cwd
-    for full, st in local_files.items():
+    for full, st in _expand(found, limits.files).items():
         rel = os.path.relpath(full, plan.base).replace(os.sep, "/")
         plan.files[rel] = LocalFile(full, rel, st.st_size, stat.S_IMODE(st.st_mode))
-    plan.dirs = [os.path.relpath(d, plan.base).replace(os.sep, "/") for d in dirs]
-    for full, literal in found.items():
-        if os.path.isabs(literal) and literal == found[full]:
-            plan.rewrite[literal] = os.path.relpath(full, plan.base).replace(os.sep, "/")
+    plan.dirs = [os.path.relpath(d, plan.base).replace(os.sep, "/") for d in found
+                 if os.path.isdir(d)]
+    plan.rewrite = {literal: os.path.relpath(full, plan.base).replace(os.sep, "/")
+                    for full, literal in found.items() if os.path.isabs(literal)}
     for m in mods:
         for rel in m.files:
             full = os.path.join(m.root, rel)
@@ -525,6 +482,62 @@ def make_plan(profile: Any, source: str, values: Mapping[str, Any],
     for f in [*plan.files.values(), *plan.modules.values()]:
         f.sha256 = file_sha256(f.local, os.stat(f.local))
     return plan
+
+
+def _plan_shared(plan: Plan, profile: Any, mods: list[LocalModule], source: str,
+                 values: Mapping[str, Any]) -> None:
+    """Shared mode: module directories and absolute paths as the cluster sees them."""
+    if not profile.path_map:
+        plan.module_paths = sorted({m.root for m in mods})
+        return
+    plan.module_paths = [p for p in (map_path(m.root, profile.path_map) for m in mods)
+                         if p is not None]
+    for s in candidates(source, values):
+        if os.path.isabs(s) and os.path.exists(s):
+            mapped = map_path(os.path.normpath(s), profile.path_map)
+            if mapped is not None and mapped != s:
+                plan.rewrite[s] = mapped
+
+
+def _find_staged(explicit: list[str], found_in_cell: list[str], cwd: str) -> dict[str, str]:
+    """Existing paths to stage (absolute here) -> the string that named them. Paths named by
+    the cell that are too broad to be meant are left out: the working directory or one of its
+    parents, a directory outside it (/tmp, /usr …); ``--stage`` names those on purpose."""
+    found: dict[str, str] = {}
+    for s in [*explicit, *found_in_cell]:
+        named = s in explicit
+        full = os.path.normpath(os.path.join(cwd, os.path.expanduser(s) if named else s))
+        try:
+            st = os.stat(full)
+        except (OSError, ValueError):
+            if named:
+                raise StagingError(f"--stage {s}: no such file or directory here ({full})") \
+                    from None
+            continue
+        if not named and (_is_within(cwd, full)
+                          or (stat.S_ISDIR(st.st_mode) and not _is_within(full, cwd))):
+            continue
+        found.setdefault(full, s)
+    return found
+
+
+def _expand(found: Iterable[str], max_files: int) -> dict[str, os.stat_result]:
+    """The regular files of ``found`` (directories walked), stopping past ``max_files``."""
+    out: dict[str, os.stat_result] = {}
+    for full in found:
+        if not os.path.isdir(full):
+            out[full] = os.stat(full)
+            continue
+        for f in _walk_files(full):
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out[f] = st
+            if len(out) > max_files:
+                return out
+    return {f: st for f, st in out.items() if stat.S_ISREG(st.st_mode)}
 
 
 def _check_limits(plan: Plan, profile: str) -> None:
