@@ -23,7 +23,7 @@ from clusterjupyter.profiles import Profile
 from clusterjupyter.staging import candidates, is_local, map_path, parse_size, placement
 
 from helpers import (close_shell_and_backends, ensure, last_job, make_env, new_module_shell,
-                     ssh_profile)
+                     ssh_profile, write_profiles)
 from helpers import started_doc as started
 from shells import ok, run
 
@@ -306,16 +306,23 @@ def test_staged_explicitly_and_by_path_values(sh, ssh_env, project, tmp_path):
 
 
 @pytest.mark.ssh
-def test_local_modules_travel_with_the_job(sh, ssh_env, project, src):
-    ok(sh, "import helpers_cj\nfrom mypkg import triple\nbox = helpers_cj.Box(5)")
-    ok(sh, "%%cluster far\nimport os\nr = (helpers_cj.double(box.v), triple(3))\n"
+def test_local_modules_travel_with_the_job(sh, ssh_env, project, src, tmp_path):
+    # an editable install the old way: a .pth file in a site directory names the source tree
+    (tmp_path / "edsrc" / "edpkg").mkdir(parents=True)
+    (tmp_path / "edsrc" / "edpkg" / "__init__.py").write_text("NAME = 'editable'\n")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "cj_edpkg.pth").write_text(str(tmp_path / "edsrc") + "\n")
+    ok(sh, f"import site\nsite.addsitedir({str(tmp_path / 'site')!r})\nimport edpkg\n"
+           "import helpers_cj\nfrom mypkg import triple\nbox = helpers_cj.Box(5)")
+    ok(sh, "%%cluster far\nimport os\nr = (helpers_cj.double(box.v), triple(3), edpkg.NAME)\n"
            "f = helpers_cj.__file__\nimport mypkg.core\ng = mypkg.core.__file__\n"
-           "pid = os.getpid()")
+           "e = edpkg.__file__\npid = os.getpid()")
     rec = last_job()
-    assert sh.user_ns["r"] == (10, 9)
+    assert sh.user_ns["r"] == (10, 9, "editable")
     modules = JobPaths.from_dir(rec.job_dir).modules
     assert sh.user_ns["f"] == os.path.join(modules, "helpers_cj.py")
     assert sh.user_ns["g"] == os.path.join(modules, "mypkg", "core.py")
+    assert sh.user_ns["e"] == os.path.join(modules, "edpkg", "__init__.py")
     assert sh.user_ns["pid"] == started(rec)["pid"] != os.getpid()
 
 
@@ -364,3 +371,50 @@ def test_path_map_runs_the_job_in_the_mapped_directory(sh, ssh_env, monkeypatch)
     # written where the job ran, which is this directory's other self: nothing travels
     assert (mirror / "made.txt").read_text() == "m" and not (laptop / "made.txt").exists()
     assert "files from job" not in cap.stderr
+
+
+# -- a real kernel (ipykernel over ZMQ), started in a notebook directory -------------------------
+
+@pytest.mark.ssh
+def test_real_kernel_runs_jobs_in_its_directory_and_stages_over_ssh(tmp_path):
+    from jupyter_client import KernelManager
+
+    ssh = ensure("sshd")["ssh"]
+    home = tmp_path / "cj"
+    write_profiles(home, {"far": ssh_profile(ssh, tmp_path / "remote")})
+    nb = tmp_path / "notebook"
+    nb.mkdir()
+    (nb / "data.txt").write_text("beside the notebook\n")
+    (nb / "helpers_nb.py").write_text("def double(x):\n    return 2 * x\n")
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(nb), env={**os.environ, "CLUSTERJUPYTER_HOME": str(home)})
+    kc = km.blocking_client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+
+        def cell(code: str) -> str:
+            out: list[str] = []
+
+            def hook(msg: dict) -> None:
+                if msg["msg_type"] == "stream":
+                    out.append(msg["content"]["text"])
+                elif msg["msg_type"] == "error":
+                    out.append("ERROR " + msg["content"]["ename"] + msg["content"]["evalue"])
+
+            reply = kc.execute_interactive(code, output_hook=hook, timeout=180)
+            assert reply["content"]["status"] == "ok", "".join(out)
+            return "".join(out)
+
+        cell("%load_ext clusterjupyter\nimport os, helpers_nb\nkpid = os.getpid()")
+        job = ("import os\nprint(open('data.txt').read().strip(), helpers_nb.double(4), "
+               "os.getpid() != kpid, os.getcwd() == {!r})\nopen('{}', 'w').write('x')")
+        assert cell("%%cluster\n" + job.format(str(nb), "local.txt")).splitlines()[0] \
+            == "beside the notebook 8 True True"
+        assert (nb / "local.txt").exists()
+        out = cell("%%cluster far\n" + job.format(str(nb), "far.txt"))
+        assert out.splitlines()[0] == "beside the notebook 8 True False"
+        assert (nb / "far.txt").read_text() == "x" and "far.txt" in out
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
