@@ -1,31 +1,79 @@
-"""A matplotlib backend for jobs: figures become PNG outputs of the notebook cell.
+"""A matplotlib backend for jobs that shows figures the way the kernel's inline backend does.
 
-The runner selects it with ``MPLBACKEND=module://clusterjupyter._mpl_backend``; ``plt.show()``
-and the end of the cell send every open figure to the cell, like the inline backend does.
+The runner selects it (``MPLBACKEND=module://clusterjupyter._mpl_backend``) when the kernel
+displays figures inline. ``plt.show()`` and the end of the cell display every open figure in the
+formats the kernel uses (``%config InlineBackend.figure_formats``: png, retina, jpeg, svg, pdf,
+with its ``print_figure_kwargs``); a figure without axes shows only its text, as in the kernel.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import struct
+from typing import Any
 
 from matplotlib._pylab_helpers import Gcf
 from matplotlib.backend_bases import _Backend
 from matplotlib.backends.backend_agg import FigureCanvasAgg, FigureManagerBase, _BackendAgg
 
-from . import _display
+from . import _display, context
+
+_MIME = {"png": "image/png", "retina": "image/png", "png2x": "image/png", "jpg": "image/jpeg",
+         "jpeg": "image/jpeg", "svg": "image/svg+xml", "pdf": "application/pdf"}
 
 
-def flush_figures() -> None:
-    """Send every open figure to the cell as a PNG and close it."""
+def _png_size(data: bytes) -> tuple[int, int]:
+    width, height = struct.unpack(">ii", data[16:24])
+    return width, height
+
+
+def render(fig: Any, fmt: str, kwargs: dict) -> tuple[Any, dict] | None:
+    """One figure in one format, as IPython's ``print_figure`` makes it (None if empty)."""
+    if not fig.axes and not fig.lines:
+        return None
+    retina = fmt in ("retina", "png2x")
+    kw = {"format": "png" if retina else ("jpg" if fmt == "jpeg" else fmt),
+          "facecolor": fig.get_facecolor(), "edgecolor": fig.get_edgecolor(),
+          "dpi": fig.dpi * (2 if retina else 1), "bbox_inches": "tight", **kwargs}
+    buf = io.BytesIO()
+    fig.canvas.print_figure(buf, **kw)
+    data = buf.getvalue()
+    if fmt == "svg":
+        return data.decode("utf-8"), {}
+    meta = {}
+    if retina:
+        w, h = _png_size(data)
+        meta = {"width": w // 2, "height": h // 2}
+    return base64.b64encode(data).decode("ascii"), meta
+
+
+def display_figure(fig: Any) -> None:
+    settings = context.inline_settings()
+    bundle: dict[str, Any] = {"text/plain": repr(fig)}
+    metadata: dict[str, Any] = {}
+    for fmt in settings["figure_formats"]:
+        mime = _MIME.get(fmt)
+        if mime is None or mime in bundle:
+            continue
+        got = render(fig, fmt, settings["print_figure_kwargs"])
+        if got is not None:
+            bundle[mime] = got[0]
+            if got[1]:
+                metadata[mime] = got[1]
+    _display.publish(bundle, metadata)
+
+
+def flush_figures(close: bool | None = None) -> None:
+    """Display every open figure (as the inline backend's ``show``) and close them."""
     import matplotlib.pyplot as plt
 
+    if close is None:
+        close = context.inline_settings()["close_figures"]
     for manager in Gcf.get_all_fig_managers():
-        fig = manager.canvas.figure
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", bbox_inches="tight")
-        _display.publish({"image/png": _display._jsonable("image/png", buf.getvalue()),
-                          "text/plain": repr(fig)})
-    plt.close("all")
+        display_figure(manager.canvas.figure)
+    if close and Gcf.get_all_fig_managers():
+        plt.close("all")
 
 
 @_Backend.export
@@ -35,4 +83,9 @@ class _BackendJob(_BackendAgg):
 
     @staticmethod
     def show(*args: object, **kwargs: object) -> None:
-        flush_figures()
+        close = kwargs.get("close")
+        flush_figures(None if close is None else bool(close))
+
+    @staticmethod
+    def draw_if_interactive() -> None:
+        pass  # figures are drawn once, when they are shown

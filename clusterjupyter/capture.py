@@ -20,6 +20,7 @@ bring their names back; the static list is what the user sees in a dry run.
 from __future__ import annotations
 
 import ast
+import re
 import symtable
 import tokenize
 import io
@@ -48,6 +49,8 @@ class CellAnalysis:
     outputs: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     has_result: bool = False
+    #: magics the cell uses, in order: ("line"|"cell", name) and ("system"|"getoutput", "!")
+    magics: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _Walker(ast.NodeVisitor):
@@ -60,6 +63,7 @@ class _Walker(ast.NodeVisitor):
         self.deletes: dict[str, None] = {}
         self.branch_depth = 0
         self.late_reads: list[str] = []     # reads inside nested scopes (resolved at the end)
+        self.magics: list[tuple[str, str]] = []
 
     # reads and writes ------------------------------------------------------------------------
     def read(self, name: str) -> None:
@@ -209,6 +213,68 @@ class _Walker(ast.NodeVisitor):
 
     visit_AsyncWith = visit_With
 
+    # magics: IPython turned them into get_ipython() calls; their arguments hold code and names
+    def visit_Call(self, node: ast.Call) -> None:
+        self.generic_visit(node)
+        magic = _magic_call(node)
+        if magic is None:
+            return
+        kind, name, args = magic
+        self.magics.append((kind, name))
+        if kind in ("system", "getoutput"):
+            self._expansions(args[0] if args else "")
+            return
+        line = args[1] if len(args) > 1 else ""
+        if kind == "line":
+            if name in CODE_MAGICS:
+                self._code(_strip_options(line, CODE_MAGICS[name]), in_place=name == "time")
+            else:
+                self._expansions(line)
+            return
+        body = args[2] if len(args) > 2 else ""
+        if name in CODE_MAGICS:
+            self._code(_strip_options(line, CODE_MAGICS[name]), in_place=False)
+            self._code(body, in_place=name == "time")
+        elif name == "capture":
+            self._expansions(line)
+            self._code(body, in_place=True)
+            words = [w for w in line.split() if not w.startswith("-")]
+            if words and words[0].isidentifier():
+                self.store(words[0])
+        else:
+            self._expansions(line)
+
+    def _code(self, text: str, in_place: bool) -> None:
+        """Python code inside a magic's argument: run here (``%time``) or in a scope of its
+        own (``%timeit``), where it only reads the namespace."""
+        try:
+            tree = ast.parse(_dedent(text))
+        except SyntaxError:
+            return
+        if in_place:
+            for stmt in tree.body:
+                self.visit(stmt)
+            return
+        stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+                  and not isinstance(n.ctx, ast.Load)}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in stored:
+                self.read(n.id)
+
+    def _expansions(self, text: str) -> None:
+        """``$name`` and ``{expression}`` in a magic's line or a shell command (optional: a
+        ``$NAME`` may be the shell's own variable)."""
+        names = set(re.findall(r"(?<!\$)\$\{?([A-Za-z_]\w*)", text))
+        for expr in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", text):
+            try:
+                tree = ast.parse(expr.strip(), mode="eval")
+            except SyntaxError:
+                continue
+            names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        for name in sorted(names):
+            if name not in self.bound and name not in self.required:
+                self.optional.setdefault(name, None)
+
     # nested scopes: symtable knows Python's scoping rules exactly ----------------------------
     def _nested(self, node: ast.AST) -> None:
         snippet = ast.Module(body=[node if isinstance(node, ast.stmt) else ast.Expr(node)],
@@ -254,6 +320,48 @@ class _Walker(ast.NodeVisitor):
                 self.required.setdefault(name, None)
 
 
+#: magics whose argument is Python code, with their options that take a value
+CODE_MAGICS = {"time": "", "timeit": "nrp", "prun": "DlsT"}
+_SHELL_CALLS = {"run_line_magic": "line", "run_cell_magic": "cell", "system": "system",
+                "getoutput": "getoutput"}
+
+
+def _magic_call(node: ast.Call) -> tuple[str, str, list[str]] | None:
+    """``get_ipython().run_line_magic('time', 'x = f()')`` -> ("line", "time", [...])."""
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and func.attr in _SHELL_CALLS
+            and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name)
+            and func.value.func.id == "get_ipython"):
+        return None
+    args = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else ""
+            for a in node.args]
+    kind = _SHELL_CALLS[func.attr]
+    if kind in ("line", "cell"):
+        return (kind, args[0], args) if args and args[0] else None
+    return kind, "!", args
+
+
+def _strip_options(line: str, with_value: str) -> str:
+    """The code after a magic's leading ``-x`` options (``-n 10 -r 3 f(x)`` -> ``f(x)``)."""
+    words = line.split(" ")
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if not w:
+            i += 1
+        elif w.startswith("-") and len(w) >= 2 and w[1].isalpha():
+            i += 2 if (w[1] in with_value and len(w) == 2) else 1
+        else:
+            break
+    return " ".join(words[i:])
+
+
+def _dedent(text: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(text)
+
+
 def _ends_with_semicolon(source: str) -> bool:
     try:
         toks = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
@@ -277,7 +385,8 @@ def analyze(source: str) -> CellAnalysis:
     has_result = bool(tree.body) and isinstance(tree.body[-1], ast.Expr) \
         and not _ends_with_semicolon(source)
     return CellAnalysis(source=source, inputs=required, optional=optional, outputs=outputs,
-                        deleted=list(walker.deletes), has_result=has_result)
+                        deleted=list(walker.deletes), has_result=has_result,
+                        magics=walker.magics)
 
 
 # -- from names to values ---------------------------------------------------------------------

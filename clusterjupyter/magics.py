@@ -26,6 +26,7 @@ from .jobs import (Follower, Job, PushBack, Waiter, failure, interrupted, publis
                    register_source)
 from .failure import empty_log, format_error
 from .journal import JobRecord, format_seconds
+from . import context, kernelcell
 from .payload import pack_inputs
 from .profiles import get_profile, load_profiles
 from .resources import Resources
@@ -155,6 +156,8 @@ class ClusterMagics(Magics):
     def _submission(self, args: Any, cell: str) -> tuple[Submission, Any]:
         shell = self.shell
         source = shell.transform_cell(cell)
+        filename = kernelcell.cell_filename(shell, cell, source)
+        kernelcell.check_compiles(shell, source, filename)
         try:
             analysis = analyze(source)
         except SyntaxError as e:
@@ -166,7 +169,9 @@ class ClusterMagics(Magics):
         except ProfileError as e:
             raise UsageError(str(e).replace("field", "option")) from None
         captured = gather(analysis, shell.user_ns, shell.user_ns_hidden, args.skip)
+        kernelcell.check_magics(analysis.magics)
         packed = pack_inputs(captured, shell.user_ns, shell.user_module)
+        packed.extra.update(context=context.collect(), filename=filename)
         notebook = os.environ.get("JPY_SESSION_NAME", "")
         stem = os.path.splitext(os.path.basename(notebook))[0] if notebook else "cell"
         name = args.name or f"{stem}-{shell.execution_count}"
@@ -209,12 +214,16 @@ class ClusterMagics(Magics):
             assert self.pushback is not None
             self.pushback.watch(job, status)
             return job
-        follower = Follower(backend, rec, publish_display)
+        outputs = kernelcell.CellOutputs(self.shell, publish_display)
+        follower = Follower(backend, rec, outputs)
         try:
             state = Waiter(job, follower, status).run()
         except KeyboardInterrupt:
             raise interrupted(job) from None
-        return self._finish(job, state)
+        try:
+            return self._finish(job, state)
+        finally:
+            outputs.release()
 
     def _workdir(self, backend: Any, args: Any, sub: Submission, analysis: Any) -> Any:
         """Where the job runs and the files and local modules it takes (before submission)."""
@@ -233,8 +242,9 @@ class ClusterMagics(Magics):
         if not job.backend.has_result(rec):
             raise failure(job.backend, rec)
         result, _names = push(job, self.shell.user_ns, self.shell.user_module)
+        kernelcell.replay_kernel_magics(self.shell, result.kernel_magics)
         if result.exception is not None:
-            raise result.exception
+            kernelcell.raise_in_cell(self.shell, result.exception)
         if result.value_bundle is not None:
             publish_display(result.value_bundle, {})
             return None

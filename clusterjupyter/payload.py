@@ -28,6 +28,8 @@ class Packed:
     blobs: dict[str, serialize.Blob]
     modules: dict[str, str]
     skipped: dict[str, str] = field(default_factory=dict)   # optional inputs left behind
+    #: more of the manifest: the kernel's settings ("context"), the cell's file name
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_size(self) -> int:
@@ -86,6 +88,7 @@ class JobResult:
     deleted: list[str] = field(default_factory=list)
     files: dict[str, Any] = field(default_factory=dict)     # files sent back (staged mode)
     files_left: dict[str, Any] = field(default_factory=dict)
+    kernel_magics: list[list[str]] = field(default_factory=list)
 
     @property
     def warnings(self) -> dict[str, str]:
@@ -97,6 +100,10 @@ def _rebuild_exception(payload: Any, info: dict) -> BaseException:
     if not isinstance(exc, BaseException):
         return RemoteError(info.get("type", "Exception"), info.get("message", ""),
                            info.get("traceback", ""))
+    if info.get("frames"):
+        from .kernelcell import rebuild_traceback
+
+        return exc.with_traceback(rebuild_traceback(info["frames"]))
     tb_dict = payload.get("traceback")
     if tb_dict:
         try:
@@ -137,7 +144,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
     result = JobResult(job_id=paths.job_id, unpicklable=dict(doc.get("unpicklable", {})),
                        mutated=list(doc.get("mutated", [])), deleted=list(doc.get("deleted", [])),
                        value_bundle=doc.get("result_bundle"),
-                       files=dict(doc.get("files", {})), files_left=dict(doc.get("files_left", {})))
+                       files=dict(doc.get("files", {})), files_left=dict(doc.get("files_left", {})),
+                       kernel_magics=list(doc.get("kernel_magics", [])))
     entries = doc.get("values", {})
     loaded: dict[str, Any] = {}
 
@@ -214,4 +222,5 @@ def manifest_doc(job_id: str, name: str, source: str, has_result: bool, packed: 
         "modules": packed.modules,
         "deleted": deleted,
         "outputs": outputs,
+        **packed.extra,
     }

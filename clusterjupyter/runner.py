@@ -34,7 +34,7 @@ import traceback
 import types
 from typing import Any
 
-from . import _display, serialize
+from . import _display, context, serialize
 from ._workdir import Workdir
 from .jobdir import (SECRET_ENV, IntegrityError, JobPaths, blob_mac, check, load_secret,
                      sign_document, sign_exit, verify_document, write_atomic,
@@ -60,44 +60,139 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 # -- the cell's environment ---------------------------------------------------------------------
 
+#: magics whose effect is on the kernel's state: run in the job, then again (quietly) in the
+#: kernel once the job's result is applied, as the same cell would leave the kernel
+KERNEL_STATE_MAGICS = ("matplotlib", "config", "cd", "env")
+
+
 class _Shell:
-    """What ``get_ipython()`` returns on the cluster: ``!cmd`` runs here; everything else is
-    delegated to a real IPython shell, created the first time it is needed."""
+    """What ``get_ipython()`` returns in a job.
+
+    ``!cmd`` runs here through a pseudo-terminal (as in the kernel, where output lines end in
+    ``\\r\\n``); ``%matplotlib`` and ``%config InlineBackend`` set how this job shows figures;
+    every other magic runs on a real IPython shell over the job's namespace, created the first
+    time one is needed."""
 
     def __init__(self, module: types.ModuleType):
         self._module = module
         self._real: Any = None
+        self.kernel_magics: list[list[str]] = []
 
     def _ipython(self) -> Any:
         if self._real is None:
             try:
                 from IPython.core.interactiveshell import InteractiveShell
+                from traitlets.config import Config
             except ImportError:
                 raise RuntimeError("IPython is not installed where the job runs; "
                                    "magics other than !cmd are not available") from None
-            self._real = InteractiveShell.instance(user_module=self._module,
+            cfg = Config()
+            cfg.HistoryManager.enabled = False
+            self._real = InteractiveShell.instance(config=cfg, user_module=self._module,
                                                    user_ns=self._module.__dict__)
+            self._module.__dict__["get_ipython"] = lambda: self
         return self._real
 
-    def system(self, cmd: str) -> None:
+    def _expand(self, cmd: str, depth: int) -> str:
         if "{" in cmd or "$" in cmd:
-            return self._ipython().system(cmd)
-        import subprocess
-        sys.stdout.flush()
-        sys.stderr.flush()
-        code = subprocess.call(cmd, shell=True)
-        self._module.__dict__["_exit_code"] = code
-        return None
+            return self._ipython().var_expand(cmd, depth=depth + 1)
+        return cmd
+
+    def system(self, cmd: str) -> None:
+        self._module.__dict__["_exit_code"] = _system_pty(self._expand(cmd, 1))
 
     def getoutput(self, cmd: str, split: bool = True, depth: int = 0) -> Any:
-        if "{" in cmd or "$" in cmd:
-            return self._ipython().getoutput(cmd, split=split)
         import subprocess
-        out = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, text=True).stdout
-        return out.splitlines() if split else out
+
+        cmd = self._expand(cmd, depth + 1)
+        sys.stdout.flush()
+        out = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL).stdout.decode(errors="replace")
+        if not split:
+            return out
+        try:
+            from IPython.utils.text import SList
+        except ImportError:
+            return out.splitlines()
+        return SList(out.splitlines())
+
+    def run_line_magic(self, name: str, line: str, _stack_depth: int = 1) -> Any:
+        if name in KERNEL_STATE_MAGICS:
+            self.kernel_magics.append([name, self._expand(line, _stack_depth)])
+        if name == "matplotlib":
+            return _matplotlib_magic(line)
+        if name == "config" and line.strip().startswith("InlineBackend."):
+            return _inline_config(line)
+        return self._ipython().run_line_magic(name, line, _stack_depth + 1)
+
+    def run_cell_magic(self, name: str, line: str, cell: str) -> Any:
+        return self._ipython().run_cell_magic(name, line, cell)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ipython(), name)
+
+
+def _system_pty(cmd: str) -> int:
+    """Run a shell command with its output on a pseudo-terminal copied to fd 1 (as IPython's
+    ``system`` does in a kernel); returns its exit status."""
+    import pty
+    import subprocess
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        master, slave = pty.openpty()
+    except OSError:
+        return subprocess.call(cmd, shell=True)
+    try:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    except Exception:
+        pass
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=slave,
+                                stderr=slave, close_fds=True)
+    finally:
+        os.close(slave)
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break  # EIO: the terminal closed
+            if not data:
+                break
+            os.write(1, data)
+    finally:
+        os.close(master)
+    return proc.wait()
+
+
+def _matplotlib_magic(line: str) -> None:
+    """``%matplotlib [GUI]`` in a job: figures are shown as the kernel will show them."""
+    from . import context
+
+    if not line.strip():
+        print("Using matplotlib backend: module://matplotlib_inline.backend_inline")
+    os.environ["MPLBACKEND"] = context.JOB_BACKEND
+    if "matplotlib.pyplot" in sys.modules:
+        import matplotlib.pyplot as plt
+
+        if plt.get_backend() != context.JOB_BACKEND:
+            plt.switch_backend(context.JOB_BACKEND)
+
+
+def _inline_config(line: str) -> None:
+    from . import context
+
+    target, sep, value = line.strip().partition("=")
+    if not sep:
+        return
+    name = target.strip().split(".", 1)[1]
+    context.configure_inline(name, ast.literal_eval(value.strip()))
 
 
 def _patch_ipython_display() -> None:
@@ -152,6 +247,7 @@ class Runner:
             raise IntegrityError("manifest belongs to another job")
 
     def restore(self) -> None:
+        context.apply(self.manifest.get("context") or {})
         sys.modules["__main__"] = self.module
         self.ns["__builtins__"] = builtins
         builtins.display = _display.display  # type: ignore[attr-defined]
@@ -204,31 +300,50 @@ class Runner:
         return serialize.DumpOptions(main=self.module,
                                      class_ref=serialize.main_class_ref(self.ns))
 
+    @property
+    def filename(self) -> str:
+        """The cell's file name: the one the kernel gave it, so tracebacks and warnings name
+        the cell as the kernel does."""
+        return self.manifest.get("filename") or f"<cluster-cell-{self.paths.job_id[:8]}>"
+
     def execute(self) -> tuple[Any, bool, BaseException | None]:
         """Run the cell; returns (last value, has value, exception)."""
         source = self.manifest["cell"]
-        filename = f"<cluster-cell-{self.paths.job_id[:8]}>"
+        filename = self.filename
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        tree = ast.parse(source, filename, "exec")
+        flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        tree = compile(source, filename, "exec", flags)
         last = None
         if self.manifest.get("has_result") and tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
         try:
-            exec(compile(tree, filename, "exec"), self.ns)
+            _run(compile(tree, filename, "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), self.ns)
             if last is not None:
-                return eval(compile(last, filename, "eval"), self.ns), True, None
+                code = compile(last, filename, "eval", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+                return _run(code, self.ns), True, None
             return None, False, None
         except Terminated:
             raise
         except BaseException as e:  # the cell's own exception, including SystemExit
             return None, False, e
         finally:
-            if "matplotlib.pyplot" in sys.modules:
-                try:
-                    from ._mpl_backend import flush_figures
-                    flush_figures()
-                except Exception as e:  # a broken figure must not lose the result
-                    print(f"clusterjupyter: could not render figures: {e}", file=sys.stderr)
+            self.show_figures()
+
+    def show_figures(self) -> None:
+        """What the kernel's inline backend does after a cell: show the open figures. A marker
+        first, so the kernel shows them after the cell's value, as it would."""
+        _display.publish({}, {"clusterjupyter": "post_execute"})
+        if "matplotlib.pyplot" not in sys.modules:
+            return
+        try:
+            import matplotlib.pyplot as plt
+
+            if plt.get_backend() == context.JOB_BACKEND:
+                from ._mpl_backend import flush_figures
+
+                flush_figures(True)
+        except Exception as e:  # a broken figure must not lose the result
+            print(f"clusterjupyter: could not render figures: {e}", file=sys.stderr)
 
     def collect(self, before: dict[str, str | None]) -> tuple[dict[str, Any], list[str], list[str]]:
         """Names to send back: rebound or new, mutated inputs; and names deleted."""
@@ -269,6 +384,7 @@ class Runner:
                 "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
                 "message": str(exc),
                 "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+                "frames": cell_frames(exc.__traceback__, self.filename),
             }
         items = list(values.items())
         if has_last:
@@ -294,6 +410,9 @@ class Runner:
         doc: dict[str, Any] = {"job_id": self.paths.job_id, "values": entries,
                                "unpicklable": unpicklable, "mutated": mutated,
                                "deleted": deleted}
+        shell = getattr(self, "shell", None)
+        if shell is not None and shell.kernel_magics:
+            doc["kernel_magics"] = shell.kernel_magics
         if has_last and RESULT_KEY in unpicklable:
             doc["result_bundle"] = _display.mimebundle(last)[0]
         if exc_info is not None:
@@ -315,6 +434,44 @@ class Runner:
             pass  # unsigned: the kernel reports it as not verifiable, with this reason
         data = sign_exit(self.key, self.paths.job_id, doc) if self.key else json.dumps(doc)
         write_atomic(self.paths.state, data.encode() if isinstance(data, str) else data)
+
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def _run(code: types.CodeType, ns: dict) -> Any:
+    """Evaluate compiled cell code; top-level ``await`` runs on an event loop, as in IPython."""
+    if code.co_flags & _CO_COROUTINE:
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(eval(code, ns))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+    return eval(code, ns)
+
+
+def cell_frames(tb: types.TracebackType | None, filename: str) -> list[dict[str, Any]]:
+    """The traceback's frames from the cell's own on (the runner's are left out): file, line,
+    function name and argument names, for the kernel to show as its own traceback."""
+    frames: list[dict[str, Any]] = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if frames or code.co_filename == filename:
+            nargs = code.co_argcount + code.co_kwonlyargcount
+            frames.append({
+                "filename": code.co_filename, "name": code.co_name, "lineno": tb.tb_lineno,
+                "args": list(code.co_varnames[:nargs]),
+                "varargs": code.co_varnames[nargs] if code.co_flags & 0x04 else None,
+                "varkw": code.co_varnames[nargs + bool(code.co_flags & 0x04)]
+                if code.co_flags & 0x08 else None,
+                "posonly": code.co_posonlyargcount,
+            })
+        tb = tb.tb_next
+    return frames
 
 
 def _exception_payload(exc: BaseException) -> Any:
@@ -351,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     _redirect(2, paths.stderr)
     sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
     sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
-    os.environ.setdefault("MPLBACKEND", "module://clusterjupyter._mpl_backend")
+    os.environ["MPLBACKEND"] = context.JOB_BACKEND
     _display.sink = open(paths.displays, "a", buffering=1, encoding="utf-8")
     phase = "verifying the job"
     try:

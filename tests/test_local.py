@@ -78,7 +78,9 @@ def test_exception_keeps_type_and_remote_traceback(shell):
     while tb is not None:
         frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
         tb = tb.tb_next
-    assert any(f.startswith("<cluster-cell-") and line == 4 for f, line in frames)
+    # the cell's frames, under the file name the kernel gave the cell (no magic frames)
+    cell = shell.compile._filename_map
+    assert [(cell[f], line) for f, line in frames if f in cell][-2:] == [(2, 4), (2, 3)]
     # the kernel-side `except` works with the notebook's class; x was still pushed
     assert shell.user_ns["x"] == 1
     assert last_job().state is JobState.FAILED and "BadInput" in last_job().reason
@@ -287,7 +289,7 @@ def test_bad_options_name_the_valid_ones(shell):
     r = run(shell, "%cluster logs nosuchjob")
     assert isinstance(r.error_in_exec, UsageError) and "no job" in str(r.error_in_exec)
     r = run(shell, "%%cluster\nx = (")
-    assert isinstance(r.error_in_exec, UsageError) and "not valid Python" in str(r.error_in_exec)
+    assert isinstance(r.error_in_exec, SyntaxError)
     assert api.list_jobs() == []
 
 

@@ -1,0 +1,194 @@
+"""The kernel's side of running a cell elsewhere as if it ran here.
+
+Before submission: the cell gets the file name the kernel gives its cells (tracebacks and
+warnings in the job then name it as the kernel does), it is compiled here first (a syntax error
+is the kernel's own ``SyntaxError`` and nothing is submitted), and its magics are checked (one a
+job cannot run as the kernel would is refused, by name). After the job: its exception is shown
+from the cell's own frames, magics that change the kernel's state are replayed here, and the
+figures the job showed at the end of the cell come after the cell's value, as inline figures do.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import types
+from typing import Any, Callable, NoReturn
+
+from IPython.core.error import UsageError
+
+#: magics a job runs as the kernel would; any other is refused before submission
+JOB_MAGICS = frozenset({
+    "time", "timeit", "prun", "capture", "matplotlib", "config", "env", "cd", "pwd",
+    "bash", "sh", "script", "perl", "ruby", "writefile", "html", "markdown", "latex",
+    "javascript", "js", "svg", "precision", "who", "whos", "who_ls", "sx", "sc",
+})
+_SHELL = ("!", )
+
+
+def cell_filename(shell: Any, raw: str, source: str) -> str:
+    """The name the kernel gives this cell's code (``Cell In[n]`` in its tracebacks); its
+    source is registered with the kernel's line cache under that name."""
+    compiler = getattr(shell, "compile", None)
+    try:
+        return compiler.cache(source, shell.execution_count, raw_code=raw)
+    except Exception:
+        return f"<cluster-cell-{shell.execution_count}>"
+
+
+def check_compiles(shell: Any, source: str, filename: str) -> None:
+    """Compile the cell as the kernel would (top-level ``await`` allowed); a cell that does
+    not compile raises the kernel's own ``SyntaxError`` for this cell."""
+    flags = getattr(getattr(shell, "compile", None), "flags", 0) | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    try:
+        compile(source, filename, "exec", flags, dont_inherit=True)
+    except SyntaxError as e:
+        e.__traceback__ = None
+        raise_in_cell(shell, e)
+
+
+def check_magics(magics: list[tuple[str, str]]) -> None:
+    """Refuse, before anything is submitted, a magic a job cannot run as the kernel would."""
+    for kind, name in magics:
+        if name in _SHELL or name in JOB_MAGICS:
+            continue
+        prefix = "%%" if kind == "cell" else "%"
+        runs = ", ".join(f"%{m}" for m in sorted(JOB_MAGICS))
+        raise UsageError(
+            f"{prefix}{name} cannot run inside %%cluster (a job runs in another process, "
+            f"where it would not act as in this kernel); run it in a cell of its own. "
+            f"Magics a job runs: {runs}, !cmd. Nothing was submitted.")
+
+
+# -- the cell's exception ----------------------------------------------------------------------
+
+def raise_in_cell(shell: Any, exc: BaseException) -> NoReturn:
+    """Raise ``exc`` out of the magic so that the kernel shows it as it shows an exception of
+    a cell that ran here: from the cell's own frames (no magic in between), a ``SyntaxError``
+    as IPython shows one. ``exc.__traceback__`` holds those frames (or None)."""
+    custom = getattr(shell, "custom_exceptions", None)
+    if (custom is None or isinstance(exc, (SystemExit, KeyboardInterrupt))
+            or (custom and isinstance(exc, custom))):
+        raise exc
+    frames = exc.__traceback__
+    saved = (shell.custom_exceptions, shell.CustomTB)
+
+    def show(sh: Any, etype: type, value: BaseException, tb: Any,
+             tb_offset: int | None = None) -> None:
+        sh.custom_exceptions, sh.CustomTB = saved  # once
+        if value is exc and isinstance(value, SyntaxError):
+            stb = sh.SyntaxTB.structured_traceback(etype, value, [])
+        elif value is exc:
+            stb = sh.InteractiveTB.structured_traceback(etype, value, frames, tb_offset=0)
+        else:
+            stb = sh.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+        sh._showtraceback(etype, value, stb)
+
+    shell.set_custom_exc((type(exc),), show)
+    raise exc.with_traceback(frames)
+
+
+class _Marker(Exception):
+    pass
+
+
+def rebuild_traceback(frames: list[dict[str, Any]]) -> types.TracebackType | None:
+    """A traceback made of the job's frames (file, line, function and its arguments), so the
+    kernel shows ``Cell In[3], line 2, in f(x)`` with the lines of its own cells."""
+    head: types.TracebackType | None = None
+    last: types.TracebackType | None = None
+    for frame in frames:
+        try:
+            fn, nargs = _stub(frame)
+        except Exception:
+            continue
+        try:
+            fn(*([None] * nargs))
+        except _Marker:
+            tb = sys.exc_info()[2]
+            tb = tb.tb_next if tb is not None else None
+        if tb is None:
+            continue
+        if last is None:
+            head = tb
+        else:
+            last.tb_next = tb
+        last = tb
+    return head
+
+
+def _stub(frame: dict[str, Any]) -> tuple[Callable[..., Any], int]:
+    args = [a for a in frame.get("args", []) if a.isidentifier()]
+    params = list(args)
+    if frame.get("varargs"):
+        params.append("*" + frame["varargs"])
+    if frame.get("varkw"):
+        params.append("**" + frame["varkw"])
+    lineno = max(int(frame["lineno"]), 1)
+    src = "\n" * (lineno - 1) + f"def _cj_stub({', '.join(params)}): raise _cj_marker\n"
+    module = compile(src, frame["filename"], "exec")
+    code = next(c for c in module.co_consts if isinstance(c, types.CodeType))
+    code = code.replace(co_name=frame["name"], co_qualname=frame["name"])
+    globs = {"_cj_marker": _Marker(), "__name__": "__main__"}
+    return types.FunctionType(code, globs), len(args)
+
+
+# -- after the job -------------------------------------------------------------------------------
+
+def replay_kernel_magics(shell: Any, magics: list[list[str]]) -> None:
+    """Magics that changed the job's state (``%cd``, ``%env X=1``, ``%config``,
+    ``%matplotlib``) leave the kernel as the same cell would have: replayed here, quietly."""
+    from IPython.utils.capture import capture_output
+
+    for name, line in magics:
+        if name == "env" and "=" not in line and " " not in line.strip():
+            continue  # reading, not setting
+        if name == "config" and "=" not in line:
+            continue
+        if name == "cd" and not line.strip().startswith("-q"):
+            line = "-q " + line
+        try:
+            with capture_output():
+                shell.run_line_magic(name, line)
+        except Exception as e:
+            print(f"clusterjupyter: %{name} {line} ran in the job but not in this kernel: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
+
+
+class CellOutputs:
+    """Publishes a job's rich outputs in the kernel as they arrive. Those the job showed after
+    its cell ended (the figures the inline backend shows then) wait for the kernel's own
+    ``post_execute``, so they come after the cell's value, as in the kernel."""
+
+    def __init__(self, shell: Any, publish: Callable[[dict, dict], None]):
+        self.shell = shell
+        self.publish = publish
+        self.after_cell = False
+        self.held: list[tuple[dict, dict]] = []
+
+    def __call__(self, data: dict, metadata: dict) -> None:
+        if (metadata or {}).get("clusterjupyter") == "post_execute":
+            self.after_cell = True
+            return
+        if self.after_cell:
+            self.held.append((data, metadata))
+        else:
+            self.publish(data, metadata)
+
+    def release(self) -> None:
+        """Show what was held when the kernel finishes this cell (at once outside a cell)."""
+        held, self.held = self.held, []
+        if not held:
+            return
+        events = getattr(self.shell, "events", None)
+        if events is None:
+            for data, metadata in held:
+                self.publish(data, metadata)
+            return
+
+        def once(*_: Any) -> None:
+            events.unregister("post_execute", once)
+            for data, metadata in held:
+                self.publish(data, metadata)
+
+        events.register("post_execute", once)

@@ -1,0 +1,153 @@
+"""A %%cluster cell behaves as the same cell in the kernel: magics, kernel settings, identity,
+figures and their order, errors. Real IPython shells on the local backend (and a real kernel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+from clusterjupyter import api
+from clusterjupyter.jobdir import JobPaths
+
+from shells import ok, run
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def job_pid() -> int:
+    rec = api.list_jobs(limit=1)[0]
+    return json.loads(open(JobPaths.from_dir(rec.job_dir).started).read())["pid"]
+
+
+# -- magics inside a %%cluster cell --------------------------------------------------------------
+
+def test_time_magic_reads_its_names_and_prints_the_timing(shell):
+    ok(shell, "import math")
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n%time y = math.sqrt(2)\nimport os\nwhere = os.getpid()")
+    assert shell.user_ns["y"] == pytest.approx(2 ** 0.5)
+    assert "Wall time" in cap.stdout
+    assert shell.user_ns["where"] == job_pid() != os.getpid()
+
+
+def test_timeit_and_cell_time_magics(shell):
+    ok(shell, "def f(v):\n    return v * 2\nx = 21")
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n%timeit -n 3 -r 2 f(x)\nz = f(x)")
+    assert "loops each" in cap.stdout and shell.user_ns["z"] == 42
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n%%time\nw = f(x) + 1")
+    assert "Wall time" in cap.stdout and shell.user_ns["w"] == 43
+
+
+def test_shell_escape_output_is_the_kernels(shell):
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n!echo hi")
+    assert cap.stdout == "hi\r\n"  # a pseudo-terminal, as IPython's system() in the kernel
+    ok(shell, "name = 'there'")
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n!echo hello {name}\nout = !echo $name")
+    assert cap.stdout == "hello there\r\n" and list(shell.user_ns["out"]) == ["there"]
+
+
+def test_env_and_cd_act_in_the_job_and_leave_the_kernel_as_the_cell_would(shell, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.delenv("CJ_FID_VAR", raising=False)
+    ok(shell, f"target = {str(tmp_path / 'sub')!r}")
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n%env CJ_FID_VAR=set-in-job\n%cd $target\nimport os\n"
+                  "seen = (os.environ['CJ_FID_VAR'], os.getcwd(), os.getpid())")
+    value, cwd, pid = shell.user_ns["seen"]
+    assert value == "set-in-job" and cwd == str(tmp_path / "sub") and pid != os.getpid()
+    assert os.environ["CJ_FID_VAR"] == "set-in-job" and os.getcwd() == str(tmp_path / "sub")
+    assert "env: CJ_FID_VAR=set-in-job" in cap.stdout
+
+
+def test_a_magic_a_job_cannot_run_is_refused_by_name_before_submission(shell):
+    r = run(shell, "%%cluster\nx = 1\n%load_ext autoreload\ny = 2")
+    assert isinstance(r.error_in_exec, UsageError) and "%load_ext" in str(r.error_in_exec)
+    assert api.list_jobs() == [] and "x" not in shell.user_ns
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def test_syntax_error_is_the_kernels_and_submits_nothing(shell):
+    with capture_output() as cap:
+        r = run(shell, "%%cluster\nx = (1,")
+    assert type(r.error_in_exec) is SyntaxError
+    assert "run_cell_magic" not in cap.stdout and "SyntaxError" in plain(cap.stdout)
+    for cell in ("return 5", "for i in x:\n    pass\nbreak", "yield 1"):
+        r = run(shell, f"%%cluster\n{cell}")
+        assert type(r.error_in_exec) is SyntaxError
+    assert api.list_jobs() == []
+
+
+def test_top_level_await_runs_in_the_job(shell):
+    value = ok(shell, "%%cluster\nimport asyncio, os\nawait asyncio.sleep(0.01)\n"
+                      "pid = os.getpid()\nawait asyncio.sleep(0, result=7)")
+    assert value == 7 and shell.user_ns["pid"] == job_pid() != os.getpid()
+
+
+def test_traceback_starts_at_the_cell_and_shows_earlier_cells(shell):
+    ok(shell, "def f(x):\n    y = x + 1\n    return y / 0")
+    with capture_output() as cap:
+        r = run(shell, "%%cluster\na = 1\nf(a)")
+    assert isinstance(r.error_in_exec, ZeroDivisionError)
+    text = plain(cap.stdout)
+    assert "run_cell_magic" not in text and "magics.py" not in text
+    assert "Cell In[2], line 2" in text and "----> 2 f(a)" in text
+    assert "Cell In[1], line 3, in f(x)" in text and "return y / 0" in text
+
+
+def test_warnings_name_the_cell_as_the_kernel_does(shell):
+    with capture_output() as cap:
+        ok(shell, "%%cluster\nimport warnings\nwarnings.warn('careful')")
+    name = next(n for n, c in shell.compile._filename_map.items() if c == 1
+                and n in cap.stderr)
+    assert f"{name}:2: UserWarning: careful" in cap.stderr
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+def test_figures_show_after_the_value_and_empty_figures_show_no_image(shell):
+    pytest.importorskip("matplotlib")
+    with capture_output() as cap:
+        r = run(shell, "%%cluster\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])")
+    assert r.success and "Line2D" in cap.stdout
+    assert [sorted(o.data) for o in cap.outputs] == [["image/png", "text/plain"]]
+    with capture_output() as cap:
+        ok(shell, "%%cluster\nfig = plt.figure()")
+    assert [o.data for o in cap.outputs] == [{"text/plain": "<Figure size 640x480 with 0 Axes>"}]
+    with capture_output() as cap:
+        ok(shell, "%%cluster\nplt.plot([1, 2])\nplt.show()\nprint('after')")
+    assert len(cap.outputs) == 1 and "Figure(" not in cap.stdout and "after" in cap.stdout
+
+
+def test_inline_figure_format_set_in_the_cell(shell):
+    pytest.importorskip("matplotlib")
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n%config InlineBackend.figure_format = 'svg'\n"
+                  "import matplotlib.pyplot as plt\nplt.plot([1, 2]);")
+    assert [sorted(o.data) for o in cap.outputs] == [["image/svg+xml", "text/plain"]]
+    with capture_output() as cap:
+        ok(shell, "%%cluster\n%config InlineBackend.figure_format = 'retina'\n"
+                  "import matplotlib.pyplot as plt\nplt.plot([1, 2]);")
+    (out,) = cap.outputs
+    assert out.metadata["image/png"]["width"] > 100
+
+
+def test_no_warning_leaks_from_the_machinery(shell):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok(shell, "%%cluster\nq = 1")
+    assert shell.user_ns["q"] == 1
