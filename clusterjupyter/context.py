@@ -325,22 +325,9 @@ def _apply_warnings(filters: list[list[Any]]) -> None:
         _when_imported(later)
 
 
-def apply(doc: dict[str, Any]) -> None:
-    """Make this job's process look like the kernel (before the cell runs)."""
-    env = doc.get("env") or {}
-    for key in env.get("unset", []):
-        os.environ.pop(key, None)
-    os.environ.update(env.get("set", {}))
-    extra = [p for p in doc.get("sys_path", []) if p not in sys.path and os.path.isdir(p)]
-    sys.path[:0] = extra
-    if doc.get("warnings"):
-        _apply_warnings(doc["warnings"])
-    os.environ["MPLBACKEND"] = job_backend(doc)
-    inline = doc.get("inline") or {}
-    for key, value in inline.items():
-        if key == "print_figure_kwargs":
-            value = {k: _decode(v) for k, v in value.items()}
-        _inline[key] = value
+def _library_hooks(doc: dict[str, Any]) -> dict[str, Callable[[Any], None]]:
+    """Functions that apply the kernel's matplotlib, pandas and numpy settings to each library
+    once it is imported."""
     hooks: dict[str, Callable[[Any], None]] = {}
     rc = (doc.get("matplotlib") or {}).get("rc")
     if rc:
@@ -363,5 +350,24 @@ def apply(doc: dict[str, Any]) -> None:
         def numpy(np: Any) -> None:
             np.set_printoptions(**{k: _decode(v) for k, v in doc["numpy"].items()})
         hooks["numpy"] = numpy
+    return hooks
+
+
+def apply(doc: dict[str, Any]) -> None:
+    """Make this job's process look like the kernel (before the cell runs)."""
+    env = doc.get("env") or {}
+    for key in env.get("unset", []):
+        os.environ.pop(key, None)
+    os.environ.update(env.get("set", {}))
+    # the kernel's own entries come after the job's (its working directory, staged modules)
+    sys.path.extend(p for p in doc.get("sys_path", []) if p not in sys.path and os.path.isdir(p))
+    if doc.get("warnings"):
+        _apply_warnings(doc["warnings"])
+    os.environ["MPLBACKEND"] = job_backend(doc)
+    for key, value in (doc.get("inline") or {}).items():
+        if key == "print_figure_kwargs":
+            value = {k: _decode(v) for k, v in value.items()}
+        _inline[key] = value
+    hooks = _library_hooks(doc)
     if hooks:
         _when_imported(hooks)
