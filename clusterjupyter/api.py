@@ -111,3 +111,11 @@ def list_profiles() -> list[dict[str, Any]]:
         d["default"] = p.name == default
         out.append(d)
     return out
+
+
+def metrics() -> dict[str, dict[str, Any]]:
+    """Per-profile figures from the journal (see :mod:`clusterjupyter.metrics`), as plain
+    dicts: jobs by state, errors, counters, queue wait and run time percentiles."""
+    from .metrics import collect
+
+    return {name: m.to_json() for name, m in collect(journal()).items()}

@@ -178,13 +178,16 @@ class Backend:
                         kernel_id=sub.kernel_id, notebook=sub.notebook,
                         outputs=sub.outputs, options=spec.resources.to_dict())
         self.journal.add(rec)
+        connects = t.connects
         try:
             rec.native_id = self.scheduler.submit(spec)
         except Exception as e:
+            self.monitor.count(submissions=1, submissions_retried=int(t.connects > connects))
             self.journal.update(job_id, state=JobState.FAILED, finished=time.time(),
                                 reason=f"submission failed: {e}")
             raise
         self.journal.update(job_id, native_id=rec.native_id)
+        self.monitor.count(submissions=1, submissions_retried=int(t.connects > connects))
         self.monitor.track(rec)
         return rec
 

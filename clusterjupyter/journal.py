@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs(submitted);
+CREATE TABLE IF NOT EXISTS counters (
+    profile       TEXT NOT NULL,
+    name          TEXT NOT NULL,      -- scheduler_commands, reconnects, submissions_retried ...
+    value         INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (profile, name)
+);
 CREATE TABLE IF NOT EXISTS fingerprints (
     fingerprint   TEXT PRIMARY KEY,   -- size:xxh3-128 of a large input blob
     sha256        TEXT NOT NULL,      -- its content address
@@ -213,6 +219,37 @@ class Journal:
 
     def active(self, profile: str | None = None) -> list[JobRecord]:
         return self.list(ACTIVE, profile, limit=100000)
+
+    def count(self, profile: str, deltas: dict[str, int]) -> None:
+        """Add ``deltas`` to the profile's counters (shared by every process of this user)."""
+        self._conn().executemany(
+            "INSERT INTO counters (profile, name, value) VALUES (?, ?, ?) ON CONFLICT "
+            "(profile, name) DO UPDATE SET value = value + excluded.value",
+            [(profile, name, n) for name, n in deltas.items() if n])
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Every profile's counters: ``{profile: {name: value}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self._conn().execute("SELECT profile, name, value FROM counters"):
+            out.setdefault(row[0], {})[row[1]] = row[2]
+        return out
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """How many jobs each profile has in each state: ``{profile: {state: n}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self._conn().execute(
+                "SELECT profile, state, count(*) FROM jobs GROUP BY profile, state"):
+            out.setdefault(row[0], {})[row[1]] = row[2]
+        return out
+
+    def durations(self, limit: int = 1000) -> list[tuple[str, str, float, float | None,
+                                                          float | None]]:
+        """(profile, state, submitted, started, finished) of the newest ``limit`` jobs of
+        each profile, for timings."""
+        return [tuple(r) for r in self._conn().execute(  # type: ignore[misc]
+            "SELECT profile, state, submitted, started, finished FROM (SELECT *, "
+            "row_number() OVER (PARTITION BY profile ORDER BY submitted DESC) AS n FROM jobs) "
+            "WHERE n <= ?", (limit,))]
 
     def __iter__(self) -> Iterator[JobRecord]:
         return iter(self.list())

@@ -46,6 +46,7 @@ SUBCOMMANDS = {
     "script": "show the job script %%cluster would submit",
     "queue": "show the scheduler's queue of a profile",
     "panel": "open the job monitor panel",
+    "metrics": "jobs by state, retries, reconnects, commands, timings per profile",
 }
 
 
@@ -415,6 +416,17 @@ class ClusterMagics(Magics):
         for q in entries:
             print(f"{q.native_id:<10} {q.name[:20]:<20} {q.user[:10]:<10} {q.state.value:<10} "
                   f"{q.elapsed:>10}  {q.reason}")
+
+    def _cmd_metrics(self, rest: str) -> None:
+        from .metrics import collect, format_table
+
+        figures = collect(api.journal())
+        if rest.strip():
+            if rest.strip() not in figures:
+                raise UsageError(f"no metrics for profile {rest.strip()!r}; profiles with "
+                                 f"jobs: {', '.join(figures) or 'none'}")
+            figures = {rest.strip(): figures[rest.strip()]}
+        print(format_table(figures))
 
     def _cmd_panel(self, rest: str) -> Any:
         from .widgets import Panel

@@ -202,6 +202,7 @@ class Monitor:
         self._next_query = 0.0
         self._query_interval = scheduler.poll_interval
         self.last_error: str = ""
+        self._counted: dict[str, int] = {}
 
     # -- public -----------------------------------------------------------------------------
     def track(self, record: JobRecord, listener: Listener | None = None) -> threading.Event:
@@ -254,6 +255,17 @@ class Monitor:
         """One tick, synchronously (also used by ``%cluster jobs`` for untracked jobs)."""
         self._tick(force_query=True)
 
+    def count(self, **extra: int) -> None:
+        """Add what the scheduler and transport did since the last call (commands issued,
+        reconnections) and ``extra`` to the profile's counters in the journal."""
+        seen = {"scheduler_commands": self.scheduler.commands,
+                "reconnects": max(self.transport.connects - 1, 0)}
+        deltas = {k: v - self._counted.get(k, 0) for k, v in seen.items()}
+        deltas.update(extra)
+        if any(deltas.values()):
+            self._counted = seen
+            self.journal.count(self.name, deltas)
+
     # -- the loop ---------------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -280,6 +292,7 @@ class Monitor:
                         return
             try:
                 self._tick()
+                self.count()
                 self.last_error = ""
             except Exception as e:  # a failing poll must not kill the monitor
                 self.last_error = f"{type(e).__name__}: {e}"

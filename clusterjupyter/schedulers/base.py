@@ -89,6 +89,8 @@ class Scheduler(abc.ABC):
     job_id_regexp: ClassVar[str] = r"(?P<job_id>\d+)"
     #: seconds between scheduler queries while jobs are active (the monitor adapts it)
     poll_interval: ClassVar[float] = 2.0
+    #: commands issued through :meth:`call` so far (read for the profile's metrics)
+    commands: int = 0
     #: template file (package data in schedulers/templates/)
     template_name: ClassVar[str] = "job.sh"
 
@@ -148,6 +150,7 @@ class Scheduler(abc.ABC):
                 raise ClusterError(f"{self.name}: scheduler option command_env must be a table "
                                    'of environment variables, e.g. {SGE_ROOT = "/opt/sge"}')
             argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+        self.commands += 1
         return self.transport.run(argv, input=input, timeout=timeout, check=check, retry=retry)
 
     def command(self, name: str) -> str:

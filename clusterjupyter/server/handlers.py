@@ -147,6 +147,12 @@ class ProfilesHandler(_Handler):
         self._reply({"profiles": await self._run(api.list_profiles)})
 
 
+class MetricsHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        self._reply({"profiles": await self._run(api.metrics)})
+
+
 def route_table(base_url: str) -> list[tuple[str, type[APIHandler]]]:
     """The extension's URL patterns under ``base_url``."""
     root = url_path_join(base_url, "clusterjupyter")
@@ -157,4 +163,5 @@ def route_table(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (root + job + "/logs/?", LogsHandler),
         (root + job + "/cancel/?", CancelHandler),
         (url_path_join(root, "profiles") + "/?", ProfilesHandler),
+        (url_path_join(root, "metrics") + "/?", MetricsHandler),
     ]

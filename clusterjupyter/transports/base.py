@@ -83,6 +83,11 @@ class Transport(abc.ABC):
     def existing(self, paths: Iterable[str]) -> set[str]:
         """The subset of ``paths`` that exist (one round trip where the transport allows)."""
 
+    @property
+    def connects(self) -> int:
+        """Connections made so far (one that reconnects counts each; the metrics read it)."""
+        return 0
+
     def watch(self, paths: Iterable[str]) -> set[str]:
         """The exit-file watch: which of the jobs' start and exit files ``paths`` exist now, in
         one round trip; called every :attr:`watch_interval` while a cell waits."""

@@ -13,6 +13,7 @@ Nothing is submitted. Library code (no widgets): the magics or the server may us
 
 from __future__ import annotations
 
+import platform
 import shlex
 import time
 from collections.abc import Callable
@@ -97,5 +98,15 @@ def _run(name: str, fn: Callable[[], str], steps: list[dict[str, Any]]) -> bool:
 
 def _answer(name: str, steps: list[dict[str, Any]], t0: float, error: str | None,
             message: str = "") -> dict[str, Any]:
+    from .. import __version__
+    from ..metrics import collect
+
+    try:
+        figures = collect().get(name)
+        metrics = figures.to_json() if figures is not None else {}
+    except ClusterError as e:  # a journal that cannot be read is reported, not raised
+        metrics = {"error": str(e)}
     return {"profile": name, "ok": error is None and bool(steps), "message": error or message,
-            "seconds": round(time.perf_counter() - t0, 3), "steps": steps}
+            "seconds": round(time.perf_counter() - t0, 3), "steps": steps,
+            "versions": {"clusterjupyter": __version__, "python": platform.python_version()},
+            "errors": metrics.get("errors", 0), "metrics": metrics}
