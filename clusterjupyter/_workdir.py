@@ -25,6 +25,7 @@ import posixpath
 import shutil
 import stat
 import sys
+import types
 from typing import Any
 
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, mac
@@ -72,6 +73,13 @@ def rewrite_source(source: str, mapping: dict[str, str]) -> str:
             raw = raw[:start] + text.encode() + raw[end:]
         lines[lineno - 1] = raw.decode()
     return "".join(lines)
+
+
+def _replace_consts(code: types.CodeType, mapping: dict[str, str]) -> types.CodeType:
+    consts = tuple(mapping.get(c, c) if isinstance(c, str)
+                   else _replace_consts(c, mapping) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_consts=consts) if consts != code.co_consts else code
 
 
 def _copy_verified(src: str, dst: str, sha256: str, mode: int) -> None:
@@ -146,6 +154,20 @@ class Workdir:
             sys.path.insert(0, wd.cwd)
         manifest["cell"] = rewrite_source(manifest["cell"], wd.rewrite)
         return wd
+
+    def patch_inputs(self, inputs: dict[str, Any], ns: dict[str, Any]) -> None:
+        """Absolute paths the kernel's inputs name point where the files are for this job too:
+        ``pathlib`` values, and string constants of notebook functions."""
+        if not self.rewrite:
+            return
+        import pathlib
+
+        for name, value in list(inputs.items()):
+            if isinstance(value, pathlib.PurePath) and str(value) in self.rewrite:
+                inputs[name] = ns[name] = type(value)(self.rewrite[str(value)])
+            elif (isinstance(value, types.FunctionType)
+                  and getattr(value, "__module__", None) == "__main__"):
+                value.__code__ = _replace_consts(value.__code__, self.rewrite)
 
     def _enter_shared(self) -> None:
         self.cwd = self.doc["cwd"]

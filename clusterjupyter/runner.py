@@ -517,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         runner.workdir = Workdir.enter(runner.manifest, paths, runner.key)
         phase = "restoring inputs"
         runner.restore()
+        if runner.workdir is not None:
+            runner.workdir.patch_inputs(runner.inputs, runner.ns)
         before = runner.digests()
         phase = "running the cell"
         last, has_last, exc = runner.execute()

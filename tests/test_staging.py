@@ -296,13 +296,24 @@ def test_staged_explicitly_and_by_path_values(sh, ssh_env, project, tmp_path):
     outside = tmp_path / "shared-data"
     outside.mkdir()
     (outside / "ref.txt").write_text("reference")
-    ok(sh, "from pathlib import Path\np = Path('data') / 'x.csv'")
-    ok(sh, f"%%cluster far --stage {outside}\nimport os\nrows = p.read_text().count('\\n')\n"
+    (outside / "abs.txt").write_text("by an absolute Path")
+    (outside / "fn.txt").write_text("read by a notebook function")
+    ok(sh, "from pathlib import Path\np = Path('data') / 'x.csv'\n"
+           f"q = Path({str(outside / 'abs.txt')!r})\n"
+           f"def read_fn():\n    return open({str(outside / 'fn.txt')!r}).read()")
+    ok(sh, f"%%cluster far --stage {outside / 'ref.txt'}\nimport os\n"
+           "rows = p.read_text().count('\\n')\n"
            f"ref = open('{outside / 'ref.txt'}').read()\n"
-           "listing = sorted(os.listdir('../shared-data'))")
+           "listing = sorted(os.listdir('../shared-data'))\nq_text = q.read_text()\n"
+           "fn_text = read_fn()\nwhere = os.getcwd()")
     assert sh.user_ns["rows"] == 3
-    assert sh.user_ns["ref"] == "reference"    # an absolute path, rewritten to its staged copy
-    assert sh.user_ns["listing"] == ["ref.txt"]
+    # absolute paths (in the cell, a Path input, a notebook function) read their staged copies
+    assert sh.user_ns["ref"] == "reference"
+    assert sh.user_ns["q_text"] == "by an absolute Path"
+    assert sh.user_ns["fn_text"] == "read by a notebook function"
+    assert sh.user_ns["listing"] == ["abs.txt", "fn.txt", "ref.txt"]
+    assert sh.user_ns["where"].startswith(str(ssh_env.remote))
+    assert sh.user_ns["q"] == outside / "abs.txt"   # the kernel's value is untouched
 
 
 @pytest.mark.ssh
@@ -371,6 +382,31 @@ def test_path_map_runs_the_job_in_the_mapped_directory(sh, ssh_env, monkeypatch)
     # written where the job ran, which is this directory's other self: nothing travels
     assert (mirror / "made.txt").read_text() == "m" and not (laptop / "made.txt").exists()
     assert "files from job" not in cap.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_slurm_here_runs_in_the_directory_and_slurm_over_ssh_stages(sh, ssh_env, project):
+    clusters = ensure("slurm", "sshd")
+    res = {"partition": clusters["slurm"]["partition"], "time": "10m", "mem": "300M"}
+    profiles = dict(ssh_env.profiles)
+    profiles["slurm_here"] = {"scheduler": "slurm", "python": sys.executable, "resources": res,
+                              "workdir": str(ssh_env.remote / "slurm-here")}
+    profiles["slurm_far"] = ssh_profile(clusters["ssh"], ssh_env.remote / "slurm-far",
+                                        scheduler="slurm", resources=res)
+    write_profiles(ssh_env.base / "cj", profiles)
+    cell = ("import os\nrows = len(open('data/x.csv').read().splitlines())\n"
+            "open('from_slurm.txt', 'w').write(os.environ['SLURM_JOB_ID'])\n"
+            "where = os.getcwd()")
+    ok(sh, "%%cluster slurm_here\n" + cell)
+    rec = last_job()
+    assert rec.scheduler == "slurm" and sh.user_ns["rows"] == 3
+    assert sh.user_ns["where"] == str(project)
+    assert (project / "from_slurm.txt").read_text() == rec.native_id
+    ok(sh, "%%cluster slurm_far\n" + cell)
+    rec = last_job()
+    assert sh.user_ns["where"] == JobPaths.from_dir(rec.job_dir).work
+    assert (project / "from_slurm.txt").read_text() == rec.native_id     # came back
 
 
 # -- a real kernel (ipykernel over ZMQ), started in a notebook directory -------------------------
