@@ -6,6 +6,7 @@ stays in the job directory, signed).
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -204,7 +205,8 @@ class Journal:
     def list(self, states: tuple[str, ...] | None = None, profile: str | None = None,
              limit: int = 200) -> list[JobRecord]:
         sql = "SELECT * FROM jobs"
-        where, args = [], []
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             args.extend(states)
@@ -217,7 +219,7 @@ class Journal:
         args.append(limit)
         return [JobRecord.from_row(r) for r in self._conn().execute(sql, args).fetchall()]
 
-    def active(self, profile: str | None = None) -> list[JobRecord]:
+    def active(self, profile: str | None = None) -> builtins.list[JobRecord]:
         return self.list(ACTIVE, profile, limit=100000)
 
     def count(self, profile: str, deltas: dict[str, int]) -> None:
@@ -242,8 +244,8 @@ class Journal:
             out.setdefault(row[0], {})[row[1]] = row[2]
         return out
 
-    def durations(self, limit: int = 1000) -> list[tuple[str, str, float, float | None,
-                                                          float | None]]:
+    def durations(self, limit: int = 1000) -> builtins.list[
+            tuple[str, str, float, float | None, float | None]]:
         """(profile, state, submitted, started, finished) of the newest ``limit`` jobs of
         each profile, for timings."""
         return [tuple(r) for r in self._conn().execute(  # type: ignore[misc]

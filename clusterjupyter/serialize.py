@@ -372,7 +372,7 @@ def read_blob(f: BinaryIO, digest: Any = None,
             view = memoryview(buf)
             got = 0
             while got < n:
-                k = f.readinto(view[got:])
+                k = f.readinto(view[got:])  # type: ignore[attr-defined]
                 if not k:
                     raise pickle.UnpicklingError("truncated blob")
                 got += k

@@ -17,6 +17,7 @@ import platform
 import shlex
 import time
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 from ..errors import ClusterError
@@ -98,7 +99,6 @@ def _run(name: str, fn: Callable[[], str], steps: list[dict[str, Any]]) -> bool:
 
 def _answer(name: str, steps: list[dict[str, Any]], t0: float, error: str | None,
             message: str = "") -> dict[str, Any]:
-    from .. import __version__
     from ..metrics import collect
 
     try:
@@ -108,5 +108,12 @@ def _answer(name: str, steps: list[dict[str, Any]], t0: float, error: str | None
         metrics = {"error": str(e)}
     return {"profile": name, "ok": error is None and bool(steps), "message": error or message,
             "seconds": round(time.perf_counter() - t0, 3), "steps": steps,
-            "versions": {"clusterjupyter": __version__, "python": platform.python_version()},
+            "versions": {"clusterjupyter": _version(), "python": platform.python_version()},
             "errors": metrics.get("errors", 0), "metrics": metrics}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("clusterjupyter")
+    except metadata.PackageNotFoundError:
+        return "unknown"
