@@ -255,19 +255,23 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_queue(a: argparse.Namespace) -> int:
     from .backends import backend_for
 
+    from .jobs import queue
+
     backend = backend_for(a.profile)
-    entries = backend.scheduler.queue()
+    listed = queue(backend, a.all_users)
     if a.json:
         _print_json({"profile": backend.name, "queue": [
-            {"native_id": q.native_id, "name": q.name, "user": q.user, "state": q.state.value,
-             "elapsed": q.elapsed, "reason": q.reason} for q in entries]})
+            {"native_id": q.native_id, "name": r.name if r else q.name, "user": q.user,
+             "state": q.state.value, "elapsed": q.elapsed, "reason": q.reason,
+             "partition": q.partition, "job": r.id if r else None} for q, r in listed]})
         return OK
-    if not entries:
+    if not listed:
         print(f"the queue of {backend.name} is empty")
         return OK
     print(f"{'JOBID':<10} {'NAME':<20} {'USER':<10} {'STATE':<10} {'TIME':>10}  REASON")
-    for q in entries:
-        print(f"{q.native_id:<10} {q.name[:20]:<20} {q.user[:10]:<10} {q.state.value:<10} "
+    for q, r in listed:
+        name = r.name if r else q.name
+        print(f"{q.native_id:<10} {name[:20]:<20} {q.user[:10]:<10} {q.state.value:<10} "
               f"{q.elapsed:>10}  {q.reason}")
     return OK
 
@@ -331,6 +335,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=60.0)
     sp = add("queue", cmd_queue, "the scheduler's queue of a profile", listing=True)
     sp.add_argument("profile", nargs="?", default=None)
+    sp.add_argument("--all-users", action="store_true", help="every user's jobs")
     return p
 
 

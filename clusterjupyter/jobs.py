@@ -465,3 +465,22 @@ def job_json(rec: JobRecord, full: bool = False) -> dict[str, Any]:
         d["error"] = {k: err[k] for k in ("type", "message", "exit_code", "signal", "limit")
                       if k in err}
     return d
+
+
+def queue(backend: Backend, all_users: bool = False) -> list[tuple[Any, JobRecord | None]]:
+    """The scheduler's queue of ``backend``, each entry with its journal record if it is one of
+    this user's jobs. The ``local`` scheduler sees every runner process on the machine: without
+    ``all_users`` it lists only the jobs of this journal (not those of another
+    ``CLUSTERJUPYTER_HOME``)."""
+    entries = backend.scheduler.queue(all_users)
+    ours: dict[str, JobRecord] = {}
+    for r in backend.journal.list(None, backend.name, 1000):
+        if r.native_id:
+            ours[r.native_id] = r
+    out = []
+    for q in entries:
+        rec = ours.get(q.native_id)
+        if rec is None and backend.scheduler.name == "local" and not all_users:
+            continue
+        out.append((q, rec))
+    return out

@@ -23,7 +23,7 @@ from .backends import Submission, backend_for
 from .capture import analyze, gather
 from .errors import ClusterError, ProfileError
 from .jobs import (Follower, Job, PushBack, Waiter, failure, interrupted, publish_display, push,
-                   register_source)
+                   queue, register_source)
 from .failure import empty_log, format_error
 from .journal import JobRecord, format_seconds
 from . import context, kernelcell
@@ -406,15 +406,16 @@ class ClusterMagics(Magics):
         name = rest.strip() or self._profile_name(None)
         backend = backend_for(name)
         try:
-            entries = backend.scheduler.queue()
+            listed = queue(backend)
         except ClusterError as e:
             raise UsageError(str(e)) from None
-        if not entries:
+        if not listed:
             print(f"the queue of {backend.name} is empty")
             return
         print(f"{'JOBID':<10} {'NAME':<20} {'USER':<10} {'STATE':<10} {'TIME':>10}  REASON")
-        for q in entries:
-            print(f"{q.native_id:<10} {q.name[:20]:<20} {q.user[:10]:<10} {q.state.value:<10} "
+        for q, r in listed:
+            name = r.name if r else q.name
+            print(f"{q.native_id:<10} {name[:20]:<20} {q.user[:10]:<10} {q.state.value:<10} "
                   f"{q.elapsed:>10}  {q.reason}")
 
     def _cmd_metrics(self, rest: str) -> None:
@@ -431,7 +432,7 @@ class ClusterMagics(Magics):
     def _cmd_panel(self, rest: str) -> Any:
         from .widgets import Panel
 
-        return Panel()
+        return Panel(self.shell)
 
 
 def _count(option: str, text: str) -> int:

@@ -44,9 +44,9 @@ def shell(home: Any) -> Any:
     InteractiveShell.clear_instance()
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 60, **env_vars: str) -> subprocess.CompletedProcess:
     """Run the command in its own process (the console script's entry point)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_vars}
     return subprocess.run([sys.executable, "-c", "import sys; from clusterjupyter.cli import "
                            "main; sys.exit(main())", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
@@ -141,7 +141,7 @@ def test_result_refusals(completed: str, failed: str, shell: Any, tmp_path: Path
     assert "the cell raised ValueError: no-such-key" in p.stderr
 
 
-def test_cancel_follow_and_queue(shell: Any) -> None:
+def test_cancel_follow_and_queue(shell: Any, tmp_path: Path) -> None:
     job = ok(shell, "%%cluster --async --name cli-sleeper\nimport time\nprint('up', flush=True)\n"
                     "time.sleep(60)")
     from clusterjupyter import api
@@ -152,6 +152,11 @@ def test_cancel_follow_and_queue(shell: Any) -> None:
         time.sleep(0.1)
     queue = json.loads(cli("queue", "local", "--json").stdout)
     assert job.native_id in {q["native_id"] for q in queue["queue"]}
+    assert {q["name"] for q in queue["queue"] if q["native_id"] == job.native_id} \
+        == {"cli-sleeper"}
+    # another CLUSTERJUPYTER_HOME does not list this home's job
+    other = cli("queue", "local", "--json", CLUSTERJUPYTER_HOME=str(tmp_path / "other"))
+    assert job.native_id not in {q["native_id"] for q in json.loads(other.stdout)["queue"]}
     follower = subprocess.Popen(
         [sys.executable, "-c", "import sys; from clusterjupyter.cli import main; "
          "sys.exit(main())", "logs", job.id, "-f"], stdout=subprocess.PIPE,

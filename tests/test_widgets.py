@@ -177,6 +177,32 @@ def test_push_of_a_failed_cell_says_so(shell: Any, panel: Any) -> None:
     assert shell.user_ns["partial"] == 1
     said = text(panel.jobs.message)
     assert "ValueError" in said and "boom-in-job" in said
+    panel.jobs.reload()
+    assert "result pushed" not in text(row.html)  # a failed job's row says why it failed
+    assert "the cell raised ValueError: boom-in-job" in text(row.html)
+    # the logs button of a failed job opens on why it failed (kept in the journal)
+    row.logs.click()
+    assert panel.jobs.log_stream.value == "error"
+    wait_for(lambda: "Traceback" in panel.jobs.log_view.value, what="the error view")
+    assert "<details" in panel.jobs.log_view.value and " open" in panel.jobs.log_view.value
+    panel.jobs.log_stream.value = "stderr"
+    wait_for(lambda: "(stderr is empty)" in text(panel.jobs.log_view), what="empty stderr")
+    panel.jobs.hide_logs()
+
+
+def test_profiles_tab_opens_on_the_default_with_human_labels(panel: Any) -> None:
+    from clusterjupyter.profiles import default_profile_name
+
+    tab = panel.profiles
+    assert tab.loaded == default_profile_name()
+    assert tab.inputs["name"].value == default_profile_name()
+    labels = [row.children[0].value for row in tab.widget.children[0].children[1].children
+              if hasattr(row, "children") and row.children and
+              isinstance(getattr(row.children[0], "value", None), str)
+              and "cj-label" in row.children[0].value]
+    joined = " ".join(labels)
+    assert "SSH key file" in joined and 'title="identity_file in profiles.toml"' in joined
+    assert "Send the runner with each job" in joined
 
 
 def test_filters(shell: Any, home: Any, panel: Any) -> None:
@@ -349,6 +375,8 @@ def test_queue_lists_local_runners_with_actions(shell: Any, panel: Any) -> None:
         entry = wait_for(lambda: listed() or (q.refresh() and False), what="runner listed")[0]
         row = q.rows[q.entries.index(entry)]
         assert job.id[:8] in row.children[0].value and "cj-running" in row.children[0].value
+        assert "queued" in row.children[0].value  # the journal's name, not a hash
+        assert text(row.children[0]).count("running") == 1  # not "running running"
         hold = next(b for b in row.children[1:] if b.description == "hold")
         hold.click()
         q._actions.wait()

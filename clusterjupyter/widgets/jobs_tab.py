@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from .. import api
+from ..failure import empty_log, error_of, explain, headline
 from ..journal import JobRecord
 from ..states import JobState
 from . import _html as H
@@ -18,9 +19,14 @@ from ._live import Background, close_tree, hub
 if TYPE_CHECKING:
     from .panel import Panel
 
-COLUMNS = "minmax(6em,2fr) 5.5em minmax(5em,1.2fr) 8.5em minmax(6em,3fr) 6.5em"
+COLUMNS = ("minmax(3em,2fr) minmax(0,5.5em) minmax(0,1.2fr) minmax(4.5em,7.5em) minmax(0,3fr) "
+           "minmax(0,5em)")
 HEADERS = ("name", "id", "profile", "state", "reason", "elapsed")
-BUTTON = W.Layout(width="4.6em", margin="0 1px", padding="0")
+#: buttons never shrink (a narrow notebook cuts the reason column, never a button)
+BUTTON = W.Layout(width="4.8em", flex="0 0 4.8em", margin="0 1px", padding="0")
+BUTTONS_WIDTH = "calc(14.4em + 6px)"
+#: the panel's own log streams: "error" is why a job failed (kept in the journal)
+VIEWS = ("error", *api.LOG_STREAMS)
 STATE_FILTERS = [("all", ""), ("active", "active"), *[(s.value.replace("_", " "), s.value)
                                                       for s in JobState]]
 LOG_TAIL = 400
@@ -28,8 +34,8 @@ LOG_TAIL = 400
 
 def _row_html(rec: JobRecord) -> str:
     native = f" #{rec.native_id}" if rec.native_id else ""
-    reason = rec.reason
-    if rec.state.final and rec.result_status == "pushed":
+    reason = explain(rec) if rec.state.final and not rec.state.ok else rec.reason
+    if rec.state.ok and rec.result_status == "pushed":
         reason = (reason + "; " if reason else "") + "result pushed"
     cells = [H.titled(rec.name, f"{rec.name}\nnotebook: {rec.notebook or '-'}"),
              H.titled(rec.id[:8], rec.id, code=True),
@@ -51,7 +57,7 @@ class _Row:
     def __init__(self, tab: JobsTab, rec: JobRecord):
         self.id = rec.id
         self.record = rec
-        self.html = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="0"))
+        self.html = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"))
         self.cancel = W.Button(description="cancel", tooltip="cancel this job", layout=BUTTON,
                                _dom_classes=["cj-row-cancel"])
         self.logs = W.Button(description="logs", tooltip="show this job's logs (live)",
@@ -113,23 +119,25 @@ class JobsTab:
         self.profile_filter = W.Dropdown(options=[("all", "")], value="", description="profile",
                                          layout=W.Layout(width="15em"))
         self.refresh_button = W.Button(description="refresh", icon="refresh",
-                                       layout=W.Layout(width="auto"))
+                                       layout=W.Layout(width="auto", flex="0 0 auto"))
         self.counts = W.HTML(layout=W.Layout(flex="1 1 auto"))
         self.state_filter.observe(self._filter_changed, "value")
         self.profile_filter.observe(self._filter_changed, "value")
         self.refresh_button.on_click(lambda _b: self.reload())
         route_to_subshell(self.refresh_button, self.kernel)
         header = W.HBox([W.HTML(H.grid([H.esc(h) for h in HEADERS], COLUMNS, header=True),
-                                layout=W.Layout(flex="1 1 auto", min_width="0")),
-                         W.Box(layout=W.Layout(width="calc(13.8em + 6px)", flex="0 0 auto"))],
+                                layout=W.Layout(flex="1 1 auto", min_width="0",
+                                                overflow="hidden")),
+                         W.Box(layout=W.Layout(width=BUTTONS_WIDTH, flex="0 0 auto"))],
                         layout=W.Layout(border_bottom=f"2px solid {H.BORDER}"))
         self.table = W.VBox([], layout=W.Layout(max_height="26em", overflow="auto"))
         self.empty = W.HTML()
         self.message = W.HTML()
         self.log_title = W.HTML(layout=W.Layout(flex="1 1 auto"))
-        self.log_stream = W.ToggleButtons(options=list(api.LOG_STREAMS), value="stdout",
-                                          style={"button_width": "7em"})
-        self.log_close = W.Button(description="close", layout=W.Layout(width="auto"))
+        self.log_stream = W.ToggleButtons(options=list(VIEWS), value="stdout",
+                                          style={"button_width": "6em"})
+        self.log_close = W.Button(description="close",
+                                  layout=W.Layout(width="auto", flex="0 0 auto"))
         self.log_view = W.HTML()
         self.log_stream.observe(lambda _c: self._fetch_logs(force=True), "value")
         self.log_close.on_click(lambda _b: self.hide_logs())
@@ -255,11 +263,18 @@ class JobsTab:
             Background("panel-cancel-more").submit(work, on_error=failed)
 
     def show_logs(self, job_id: str) -> None:
-        """Show (and follow while it runs) the logs of a job."""
+        """Show (and follow while it runs) the logs of a job; for a failed job, why it failed."""
         self._log_job = job_id
         self._log_done = False
         rec = self.rows[job_id].record if job_id in self.rows else self.record(job_id)
+        failed = rec.state.final and not rec.state.ok
         with self.panel.lock:
+            view = "error" if failed else ("stdout" if self.log_stream.value == "error"
+                                           else self.log_stream.value)
+            if self.log_stream.value != view:
+                self._log_job = None  # no fetch from the observer: one below
+                self.log_stream.value = view
+                self._log_job = job_id
             self.log_title.value = (f"<b>logs of {H.esc(rec.name)}</b> "
                                     f"<code>{H.esc(rec.id[:8])}</code>")
             self.log_box.layout.display = ""
@@ -280,12 +295,18 @@ class JobsTab:
 
         def work() -> None:
             rec = self.record(job_id)
+            if stream == "error":
+                value = self._error_html(rec)
+                with self.panel.lock:
+                    if self._log_job == job_id and self.log_view.value != value:
+                        self.log_view.value = value
+                    self._log_done = rec.state.final
+                return
             text = api.job_logs(job_id, stream, LOG_TAIL)
             with self.panel.lock:
                 if self._log_job != job_id:
                     return
-                value = H.log_view(text, f"({stream} is empty so far)" if not rec.state.final
-                                   else f"({stream} is empty)")
+                value = H.log_view(text, empty_log(stream, rec.state.final))
                 if self.log_view.value != value:
                     self.log_view.value = value
                 if rec.state.final:
@@ -296,6 +317,20 @@ class JobsTab:
                 self.log_view.value = H.message(f"cannot read the {stream} log: {e}", "error")
 
         self._logs.submit(work, on_error=failed, coalesce=force)
+
+    @staticmethod
+    def _error_html(rec: JobRecord) -> str:
+        if not rec.state.final:
+            return H.message(f"job {rec.id[:8]} is still {rec.state.value}")
+        if rec.state.ok:
+            return H.message(f"job {rec.id[:8]} completed: nothing went wrong", "ok")
+        from ..backends import backend_for_record
+
+        try:
+            err = error_of(rec, backend_for_record(rec))
+        except Exception:
+            err = rec.error
+        return H.error_view(headline(rec, err), err, open_=True)
 
     def push(self, job_id: str) -> None:
         """Load a finished job's values into this kernel's namespace (between cells)."""

@@ -51,6 +51,17 @@ FORM = [
     ("scheduler_options", "pairs", "scheduler settings, one per line"),
     ("ship_runner", "check", ""),
 ]
+#: what the form calls each field (the profiles-file key is in the label's tooltip)
+LABELS = {
+    "name": "Name", "scheduler": "Scheduler", "description": "Description",
+    "host": "SSH host", "user": "SSH user", "port": "SSH port",
+    "identity_file": "SSH key file", "proxy_jump": "Jump host",
+    "known_hosts": "Known hosts file", "accept_unknown_host": "Trust an unknown host key",
+    "workdir": "Work directory", "python": "Python on the cluster",
+    "prelude": "Shell lines before the job", "env": "Environment variables",
+    "resources": "Default resources", "scheduler_options": "Scheduler options",
+    "ship_runner": "Send the runner with each job",
+}
 DEFAULTS = {f.name: f.default for f in fields(Profile) if not callable(f.default_factory)}
 LABEL = W.Layout(width="12.5em", flex="0 0 auto")
 
@@ -122,7 +133,9 @@ class ProfilesTab:
             err = W.HTML(layout=W.Layout(flex="1 1 auto"))
             self.inputs[name] = box
             self.errors[name] = err
-            rows.append(W.HBox([W.HTML(f"<code>{H.esc(name)}</code>", layout=LABEL), box, err],
+            label = (f'<span title="{H.esc(name)} in profiles.toml" class="cj-label">'
+                     f"{H.esc(LABELS.get(name, name))}</span>")
+            rows.append(W.HBox([W.HTML(label, layout=LABEL), box, err],
                                layout=W.Layout(align_items="center")))
         self.save_button = W.Button(description="save", icon="save", button_style="primary",
                                     layout=W.Layout(width="auto"))
@@ -140,7 +153,15 @@ class ProfilesTab:
                         self.health])
         self.widget = W.VBox([W.HBox([left, right]), self.path])
         self.reload()
-        self.new()
+        # open on the profile %%cluster uses (a form ready to test), not on an empty one
+        try:
+            default = default_profile_name()
+        except ProfileError:
+            default = LOCAL
+        if default in [o[1] for o in self.select.options]:
+            self.load(default)
+        else:
+            self.new()
 
     # -- list ---------------------------------------------------------------------------------
     def reload(self, select: str | None = None) -> None:

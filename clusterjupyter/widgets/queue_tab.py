@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from .. import api
+from ..journal import JobRecord
 from ..schedulers import QueueEntry
 from . import _html as H
 from ._kernel import route_to_subshell
@@ -22,15 +23,16 @@ if TYPE_CHECKING:
 
 COLUMNS = "6em minmax(6em,2fr) 6em 8.5em 6em minmax(5em,1fr) minmax(6em,2fr)"
 HEADERS = ("job id", "name", "user", "state", "time", "partition", "reason")
-BUTTON = W.Layout(width="5em", margin="0 1px", padding="0")
+BUTTON = W.Layout(width="5em", flex="0 0 5em", margin="0 1px", padding="0")
 
 
-def _entry_html(q: QueueEntry, ours: str | None) -> str:
-    name = q.name + (f" ({ours[:8]})" if ours else "")
+def _entry_html(q: QueueEntry, rec: JobRecord | None) -> str:
+    name = f"{rec.name} ({rec.id[:8]})" if rec is not None else q.name
     where = " ".join(x for x in (q.partition, q.nodes) if x)
     cells = [H.titled(q.native_id, q.native_id, code=True),
-             H.titled(name, f"{q.name}\njournal job: {ours or '-'}"),
-             H.esc(q.user), H.badge(q.state) + f' <small>{H.esc(q.native)}</small>',
+             H.titled(name, f"{q.name}\njournal job: {rec.id if rec else '-'}"),
+             H.esc(q.user), H.badge(q.state) + (f' <small>{H.esc(q.native)}</small>'
+                                                 if q.native.lower() != q.state.value else ""),
              H.esc(q.elapsed), H.titled(where, where), H.titled(q.reason, q.reason)]
     return H.grid(cells, COLUMNS)
 
@@ -55,7 +57,8 @@ class QueueTab:
         self.all_users.observe(self._choice_changed, "value")
         self.message = W.HTML()
         header = W.HBox([W.HTML(H.grid([H.esc(h) for h in HEADERS], COLUMNS, header=True),
-                                layout=W.Layout(flex="1 1 auto", min_width="0")),
+                                layout=W.Layout(flex="1 1 auto", min_width="0",
+                                                overflow="hidden")),
                          W.Box(layout=W.Layout(width="calc(15em + 6px)", flex="0 0 auto"))],
                         layout=W.Layout(border_bottom=f"2px solid {H.BORDER}"))
         self.table = W.VBox([], layout=W.Layout(max_height="26em", overflow="auto"))
@@ -103,10 +106,11 @@ class QueueTab:
         def work() -> None:
             from ..backends import backend_for
 
-            backend = backend_for(name)
-            entries = backend.scheduler.queue(all_users)
-            ours = self._journal_ids(name)
-            self._render(name, entries, ours, note)
+            from ..jobs import queue
+
+            listed = queue(backend_for(name), all_users)
+            self._render(name, [q for q, _ in listed],
+                         {q.native_id: r for q, r in listed if r is not None}, note)
 
         def failed(e: BaseException) -> None:
             with self.panel.lock:
@@ -116,16 +120,7 @@ class QueueTab:
 
         return self._reader.submit(work, on_error=failed, coalesce=True)
 
-    def _journal_ids(self, profile: str) -> dict[str, str]:
-        """native id (and id prefix) -> journal id, for active jobs of ``profile``."""
-        out = {}
-        for r in api.journal().active(profile):
-            if r.native_id:
-                out[r.native_id] = r.id
-            out[r.id[:8]] = r.id
-        return out
-
-    def _render(self, name: str, entries: list[QueueEntry], ours: dict[str, str],
+    def _render(self, name: str, entries: list[QueueEntry], ours: dict[str, JobRecord],
                 note: str = "") -> None:
         with self.panel.lock:
             if self.profile.value != name:
@@ -133,8 +128,7 @@ class QueueTab:
             for row in self.rows:
                 close_tree(row)
             self.entries = entries
-            self.rows = [self._row(name, q, ours.get(q.native_id) or ours.get(q.name))
-                         for q in entries]
+            self.rows = [self._row(name, q, ours.get(q.native_id)) for q in entries]
             self.table.children = tuple(self.rows)
             n = len(entries)
             count = (f"{n} job{'s' if n != 1 else ''} in the queue of {name}" if n
@@ -142,8 +136,10 @@ class QueueTab:
             self.message.value = H.message(f"{note}; {count}" if note else count,
                                            "ok" if note else "info")
 
-    def _row(self, profile: str, q: QueueEntry, ours: str | None) -> W.HBox:
-        html = W.HTML(_entry_html(q, ours), layout=W.Layout(flex="1 1 auto", min_width="0"))
+    def _row(self, profile: str, q: QueueEntry, rec: JobRecord | None) -> W.HBox:
+        ours = rec.id if rec is not None else None
+        html = W.HTML(_entry_html(q, rec), layout=W.Layout(flex="1 1 auto", min_width="0",
+                                                            overflow="hidden"))
         buttons = []
         for action in ("cancel", "hold", "release"):
             b = W.Button(description=action, tooltip=f"{action} job {q.native_id}",

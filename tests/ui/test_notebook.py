@@ -4,6 +4,7 @@ status line, failures, the panel, and what a restarted kernel shows."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -43,3 +44,65 @@ def test_first_cluster_cell_keeps_the_kernel_busy(page: Page, lab) -> None:
     assert set(seen) == {"busy"}, seen
     expect(cell.locator(".cj-static")).to_be_visible(timeout=60_000)
     wait_idle(page)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def restart_kernel(page: Page) -> None:
+    page.evaluate("() => { void window.jupyterapp.commands.execute('kernelmenu:restart'); }")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    wait_idle(page)
+
+
+def test_panel_failure_view_narrow_notebook_and_restart(page: Page, lab) -> None:
+    """The panel shows why a job failed (opened by default), keeps its columns and buttons in
+    a narrow notebook, and a restarted kernel leaves static HTML, never a missing widget."""
+    name = make_notebook(lab, "panel.ipynb", [
+        "%load_ext clusterjupyter",
+        "%%cluster local --async --name bad-input\nimport sys\n"
+        "print('reading rows', file=sys.stderr)\n"
+        "rows = {'a': 1}\nrows['missing-key-with-a-long-name-to-show-how-reasons-are-cut']",
+        "%%cluster local --async --name still-running\nimport time\ntime.sleep(600)",
+        "%cluster panel",
+    ])
+    open_lab(page, lab, f"lab/tree/{name}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    wait_idle(page)
+    page.evaluate("() => { void window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    panel = page.locator(".cj-panel").first
+    failed = panel.locator(".cj-job-row").filter(has_text="bad-input")
+    failed.locator(".cj-failed").wait_for(timeout=60_000)
+    running = panel.locator(".cj-job-row").filter(has_text="still-running")
+    running.locator(".cj-running").wait_for(timeout=60_000)
+    # the reason is cut to its column, the whole of it on hover
+    reason = failed.locator("[title*='the cell raised KeyError']").first
+    assert "missing-key-with-a-long-name" in reason.get_attribute("title")
+    failed.locator(".cj-row-logs").click()
+    error = panel.locator("details.cj-error[open]")
+    error.wait_for(timeout=30_000)
+    text = error.inner_text()
+    assert "KeyError" in text and "Traceback" in text and "reading rows" in text
+    # the sidebar's panel is the wide case; a notebook split in half is the narrow one
+    DOCS.mkdir(exist_ok=True)
+    panel.screenshot(path=str(DOCS / "panel-failed.png"))
+    page.set_viewport_size({"width": 900, "height": 900})
+    page.wait_for_timeout(500)
+    for row in (failed, running):
+        box = row.bounding_box()
+        for button in row.locator("button").all():
+            b = button.bounding_box()
+            assert b["x"] + b["width"] <= box["x"] + box["width"] + 1, "a button is cut off"
+            assert button.evaluate("b => b.scrollWidth <= b.clientWidth + 1"), \
+                f"{button.inner_text()!r} does not fit its button"
+    panel.screenshot(path=str(DOCS / "panel-narrow.png"))
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    restart_kernel(page)
+    page.wait_for_timeout(2000)
+    # the status lines of jobs that ended are plain HTML: nothing broken after a restart
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    static = cells.nth(1).locator(".cj-static")
+    assert "KeyError" in static.inner_text()
+    assert static.locator(".jupyter-widgets").count() == 0
+    assert "model not found" not in cells.nth(1).inner_text()
