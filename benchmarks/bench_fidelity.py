@@ -195,9 +195,16 @@ def ssh_profile_text(name: str, workdir: Path) -> str:
 # -- report -------------------------------------------------------------------------------------
 
 def git_head() -> str:
+    """The commit under test: the newest commit of ``main`` in this checkout's history (the
+    tested code), else HEAD."""
+    def rev(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=10", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        try:
+            return rev("rev-parse", "--short=10", rev("merge-base", "HEAD", "main"))
+        except subprocess.CalledProcessError:
+            return rev("rev-parse", "--short=10", "HEAD")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -206,7 +213,7 @@ def write_report(path: Path, body: list[str], history_line: str) -> None:
     old = path.read_text().splitlines() if path.exists() else []
     history = [ln for ln in old if ln.startswith("history | ")]
     history.append(history_line)
-    head = [f"fidelity report — commit {git_head()} — "
+    head = [f"fidelity report — main commit {git_head()} — "
             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
             "history | time (UTC)       | commit     | identical/compared (local) | "
             "over ssh (data notebooks) | time ratio"]
@@ -307,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         body += table(by_profile[prof], f"%%cluster on {tag}") + [""]
     body.append("cells: code cells run; excl: cells whose outputs differ between two plain runs "
                 "(unseeded randomness, time); ratio: summed cell time under %%cluster / plain")
+    body.append("causes: working directory (files not found: the job's directory, staging); magic "
+                "(a magic in the cell); kernel setting (figure size/format, display options); "
+                "figure/order (figures, output order); error form; identity/value (a value "
+                "differs with no earlier difference); cannot travel (expected); cascade (a name "
+                "bound by an earlier differing cell); other")
     body.append("")
     for prof, _ in profiles:
         body.append(f"== differences, %%cluster on {prof or 'local'}")

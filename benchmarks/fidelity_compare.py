@@ -10,6 +10,7 @@ not compared. The status line that ``%%cluster`` displays is not an output of th
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,17 @@ _NOFILE = re.compile(r"FileNotFoundError|No such file|does not exist|unable to o
 _NOPICKLE = re.compile(r"cannot be pickled|could not be pickled|cannot travel|not picklable|"
                        r"can't pickle|cannot pickle|not sent|stayed in the job")
 _MISSING = re.compile(r"name '(\w+)' is not defined")
+_NOT_SENT = re.compile(r"not sent back from the cluster \(the other names were\): ([^\n]*)")
+
+
+def not_sent(outs: list[tuple]) -> list[str]:
+    """Names a ``%%cluster`` cell said it could not send back (its UnpicklableOutputWarning)."""
+    names = []
+    for o in outs:
+        if o[0] == "stream":
+            for m in _NOT_SENT.finditer(o[2]):
+                names += re.findall(r"(?:^|; )(\w+): ", m.group(1))
+    return names
 
 
 def _squash(text: str) -> str:
@@ -123,11 +135,12 @@ def _squash(text: str) -> str:
 
 
 def classify(kernel: list[tuple], cluster: list[tuple], source: str,
-             differed: list[str]) -> str:
+             differed: list[str], untravelled: Collection[str] = ()) -> str:
     """A cause guessed from the form of a difference (the report says it is a guess).
 
     ``differed``: sources of the earlier cells of the notebook that differed (a name they
-    bind may never have arrived: a cascade, not a cause of its own)."""
+    bind may never have arrived: a cascade, not a cause of its own); ``untravelled``: names
+    earlier cells could not send back."""
     k_err = {o[1] for o in kernel if o[0] == "error"}
     c_err = {o[1] for o in cluster if o[0] == "error"}
     c_text = " ".join(str(o[2]) for o in cluster if o[0] in ("stream", "error"))
@@ -142,6 +155,8 @@ def classify(kernel: list[tuple], cluster: list[tuple], source: str,
         magics = " ".join(m.group(0) for m in MAGIC_LINE.finditer(source))
         if missing:
             name = missing[0]
+            if name in untravelled:
+                return "cannot travel"
             if any(re.search(rf"\b{re.escape(name)}\b", d) for d in differed):
                 return "cascade"
             if re.search(rf"\b{re.escape(name)}\b", magics):
@@ -203,6 +218,7 @@ def compare(entry_id: str, plain1: Run, plain2: Run, cluster: Run) -> Result:
     res = Result(entry_id, code_cells=len(plain1.cells))
     res.failure = cluster.failure or plain1.failure
     differed: list[str] = []
+    untravelled: set[str] = set()
     for i, a in plain1.cells.items():
         b = plain2.cells.get(i)
         if b is None or comparable(a.outputs) != comparable(b.outputs):
@@ -214,6 +230,7 @@ def compare(entry_id: str, plain1: Run, plain2: Run, cluster: Run) -> Result:
             res.diffs.append(Diff(entry_id, i, _first(a.source), short(a.outputs), "(not run)",
                                   "not run"))
             continue
+        untravelled.update(not_sent(c.outputs))
         res.plain_s += (a.seconds + b.seconds) / 2
         res.cluster_s += c.seconds
         if comparable(a.outputs) == comparable(c.outputs):
@@ -222,7 +239,9 @@ def compare(entry_id: str, plain1: Run, plain2: Run, cluster: Run) -> Result:
         k, cl = first_difference(comparable(a.outputs), comparable(c.outputs))
         if any(o[0] == "error" for o in c.outputs):
             cl = short([o for o in c.outputs if o[0] == "error"][:1])
-        cause = classify(a.outputs, c.outputs, a.source, differed)
+        cause = classify(a.outputs, c.outputs, a.source, differed, untravelled)
+        if cause == "cannot travel" and not_sent(c.outputs):
+            cl = "not sent back: " + ", ".join(not_sent(c.outputs))
         res.diffs.append(Diff(entry_id, i, _first(a.source), k, cl, cause))
         differed.append(a.source)
     return res
