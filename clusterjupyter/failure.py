@@ -12,11 +12,10 @@ ended before the journal kept one.
 
 from __future__ import annotations
 
-import json
 import signal
 from typing import TYPE_CHECKING, Any
 
-from .jobdir import verify_document
+from .jobdir import verify_document, verify_exit
 from .journal import JobRecord
 from .states import JobState
 
@@ -95,7 +94,7 @@ def describe(backend: Backend, rec: JobRecord, runner: dict | None, state: JobSt
 
 def _read_exit_file(backend: Backend, rec: JobRecord) -> dict | None:
     try:
-        return json.loads(backend.transport.read(backend.paths(rec).state))
+        return verify_exit(backend.key, rec.id, backend.transport.read(backend.paths(rec).state))
     except Exception:
         return None
 

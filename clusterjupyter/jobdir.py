@@ -118,7 +118,11 @@ def verify_exit(key: bytes, job_id: str, data: bytes) -> dict:
     except ValueError:
         raise IntegrityError("the exit file state.json is not valid JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("mac"), str):
-        raise IntegrityError("the exit file state.json is not signed")
+        said = ""
+        if isinstance(doc, dict) and doc.get("reason"):
+            # a runner that could not read the secret writes its reason unsigned
+            said = f" (unverified, it says: {str(doc['reason'])[:300]})"
+        raise IntegrityError(f"the exit file state.json is not signed{said}")
     got = doc.pop("mac")
     check(mac(key, b"exit", job_id, json.dumps(doc, sort_keys=True)), got, "the exit file")
     return doc
