@@ -463,13 +463,14 @@ def make_plan(profile: Any, source: str, values: Mapping[str, Any],
     if not plan.staged:
         _plan_shared(plan, profile, mods, source, values)
         return plan
-    found = _find_staged([*profile.stage, *stage], candidates(source, values), cwd)
+    named = candidates(source, values)
+    found = _find_staged([*profile.stage, *stage], named, cwd)
     plan.base = os.path.commonpath([cwd, *found]) if found else cwd
     for full, st in _expand(found, limits.files).items():
         rel = os.path.relpath(full, plan.base).replace(os.sep, "/")
         plan.files[rel] = LocalFile(full, rel, st.st_size, stat.S_IMODE(st.st_mode))
-    plan.dirs = [os.path.relpath(d, plan.base).replace(os.sep, "/") for d in found
-                 if os.path.isdir(d)]
+    plan.dirs = [os.path.relpath(d, plan.base).replace(os.sep, "/")
+                 for d in [*found, *_parents_of_new_files(named, cwd)] if os.path.isdir(d)]
     plan.rewrite = {literal: os.path.relpath(full, plan.base).replace(os.sep, "/")
                     for full, literal in found.items() if os.path.isabs(literal)}
     for m in mods:
@@ -519,6 +520,19 @@ def _find_staged(explicit: list[str], found_in_cell: list[str], cwd: str) -> dic
             continue
         found.setdefault(full, s)
     return found
+
+
+def _parents_of_new_files(named: list[str], cwd: str) -> list[str]:
+    """Directories under the working directory that will hold files the cell names but that do
+    not exist yet (``df.to_csv('results/out.csv')``): they exist for the job too."""
+    out = []
+    for s in named:
+        full = os.path.normpath(os.path.join(cwd, s))
+        parent = os.path.dirname(full)
+        if parent != cwd and _is_within(parent, cwd) and not os.path.lexists(full) \
+                and os.path.isdir(parent):
+            out.append(parent)
+    return out
 
 
 def _expand(found: Iterable[str], max_files: int) -> dict[str, os.stat_result]:

@@ -255,9 +255,12 @@ def test_a_local_file_changed_meanwhile_is_not_overwritten(sh, ssh_env, project)
 @pytest.mark.ssh
 def test_unchanged_local_file_is_updated(sh, ssh_env, project):
     (project / "counter.txt").write_text("1")
+    (project / "results").mkdir()
     ok(sh, "%%cluster far\nn = int(open('counter.txt').read())\n"
-           "open('counter.txt', 'w').write(str(n + 1))")
+           "open('counter.txt', 'w').write(str(n + 1))\n"
+           "open('results/new.txt', 'w').write('into a directory that exists here')")
     assert (project / "counter.txt").read_text() == "2"
+    assert (project / "results" / "new.txt").read_text() == "into a directory that exists here"
 
 
 @pytest.mark.ssh
