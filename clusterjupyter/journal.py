@@ -20,6 +20,7 @@ from .errors import AmbiguousJobError, JournalError, UnknownJobError
 from .paths import journal_path
 from .serialize import FingerprintStore
 from .states import JobState
+from .text import short_duration as format_seconds
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -310,17 +311,6 @@ def default_journal() -> Journal:
         if _default is None or _default.path != path:
             _default = Journal(path)
         return _default
-
-
-def format_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def summary(rec: JobRecord) -> str:

@@ -6,6 +6,7 @@ normalised (seconds, megabytes, integers) so no scheduler parses user text itsel
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -15,12 +16,17 @@ from .errors import ProfileError
 _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.,:+=@/-]*$")
+#: the longest time limit taken: a year. Schedulers keep limits in 32 bits (SLURM: minutes,
+#: wrapping an absurd request into a short one), and no cluster grants more.
+MAX_TIME = 366 * 86400
 
 
 def parse_time(value: Any) -> int:
     """Seconds from ``90`` (minutes, as SLURM), ``"1:30:00"``, ``"2-00:00:00"``, ``"45m"``,
     ``"2h"``, ``"30s"``, ``"1d"``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) > MAX_TIME:
+            raise ValueError(f"invalid time {value!r}: at most {MAX_TIME // 86400} days")
         seconds = int(value * 60)
     else:
         text = str(value).strip().lower()
@@ -43,6 +49,9 @@ def parse_time(value: Any) -> int:
             seconds += int(days or 0) * 86400
     if seconds <= 0:
         raise ValueError(f"invalid time {value!r}: must be positive")
+    if seconds > MAX_TIME:
+        raise ValueError(f"invalid time {value!r}: at most {MAX_TIME // 86400} days "
+                         f"({MAX_TIME // 60} minutes); no scheduler takes a longer limit")
     return seconds
 
 
@@ -59,13 +68,6 @@ def parse_mem(value: Any) -> int:
         raise ValueError(f"invalid memory {value!r}: must be at least 1M")
     return int(mb)
 
-
-def format_time(seconds: int) -> str:
-    """``D-HH:MM:SS`` / ``HH:MM:SS`` as SLURM, PBS and SGE all accept."""
-    days, rest = divmod(int(seconds), 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
 
 
 def _positive_int(value: Any, what: str) -> int:

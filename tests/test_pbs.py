@@ -23,9 +23,9 @@ import pytest
 from IPython.utils.capture import capture_output
 
 from clusterjupyter.backends import backend_for
-from clusterjupyter.errors import ClusterError, JobFailedError
+from clusterjupyter.errors import JobFailedError
 from clusterjupyter.jobdir import JobPaths
-from clusterjupyter.schedulers.pbs import PBSScheduler, parse_qstat_full, parse_qstat_xml
+from clusterjupyter.schedulers.pbs import PBSScheduler
 from clusterjupyter.states import JobState
 from clusterjupyter.transports import LocalTransport
 
@@ -196,99 +196,6 @@ def test_unsafe_work_directory_is_refused(shell, pbs, cj_home, tmp_path):
                                      "scheduler_options": {"bin_dir": pbs["bin_dir"]}}})
     r = run(shell, "%%cluster odd\nv = 1")
     assert "workdir" in str(r.error_in_exec) and "v" not in shell.user_ns
-
-
-# -- parsing real Torque / PBS Pro output (what the wrappers cannot print) ----------------------
-
-TORQUE_FULL = """\
-Job Id: 4127.head.cluster.example.org
-    Job_Name = cell-3
-    Job_Owner = alice@login1.cluster.example.org
-    resources_used.cput = 00:01:02
-    resources_used.mem = 10232kb
-    resources_used.walltime = 00:10:04
-    job_state = C
-    queue = batch
-    exit_status = 271
-    exec_host = node07/3+node07/2
-    Resource_List.walltime = 00:10:00
-    Variable_List = PBS_O_QUEUE=batch,PBS_O_HOME=/home/alice,PBS_O_LOGNAME=al
-\tice,PBS_O_PATH=/usr/bin:/bin
-    comp_time = 1763723065
-
-Job Id: 4128.head.cluster.example.org
-    Job_Name = cell-4
-    Job_Owner = alice@login1.cluster.example.org
-    job_state = C
-    queue = batch
-    exit_status = -10
-    Resource_List.walltime = 01:00:00
-
-Job Id: 4129.head.cluster.example.org
-    Job_Name = cell-5
-    Job_Owner = alice@login1.cluster.example.org
-    job_state = H
-    queue = batch
-
-Job Id: 4130.head.cluster.example.org
-    Job_Name = cell-6
-    job_state = C
-    exit_status = 143
-    resources_used.walltime = 00:00:12
-    Resource_List.walltime = 01:00:00
-"""
-
-TORQUE_XML = """<Data><Job><Job_Id>77.srv</Job_Id><Job_Name>x</Job_Name>
-<job_state>C</job_state><exit_status>0</exit_status><Resource_List><walltime>00:05:00</walltime>
-<nodes>1:ppn=2</nodes></Resource_List><exec_host>n1/0</exec_host></Job></Data>"""
-
-PBSPRO_FULL = """\
-Job Id: 9001.pbs01
-    Job_Name = cell-1
-    job_state = F
-    Exit_status = -29
-    Resource_List.walltime = 00:01:00
-    resources_used.walltime = 00:01:03
-"""
-
-
-def test_torque_qstat_full_parsing_and_states():
-    sched = PBSScheduler(LocalTransport())
-    jobs = {j["job id"]: j for j in parse_qstat_full(TORQUE_FULL)}
-    first = jobs["4127.head.cluster.example.org"]
-    assert first["variable_list"].endswith("PBS_O_LOGNAME=alice,PBS_O_PATH=/usr/bin:/bin")
-    # killed by SIGTERM after the walltime ran out: a timeout, not a cancellation
-    st = sched.native(first)
-    assert st.state is JobState.TIMEOUT and st.host == "node07"
-    st = sched.native(jobs["4128.head.cluster.example.org"])
-    assert st.state is JobState.OUT_OF_MEMORY
-    st = sched.native(jobs["4129.head.cluster.example.org"])
-    assert st.state is JobState.PENDING and "held" in st.reason
-    st = sched.native(jobs["4130.head.cluster.example.org"])     # qdel: the runner got TERM
-    assert st.state is JobState.CANCELLED and "SIGTERM" in st.reason
-    [xml] = parse_qstat_xml(TORQUE_XML)
-    assert xml["job id"] == "77.srv" and xml["resource_list.walltime"] == "00:05:00"
-    assert sched.native(xml).state is JobState.COMPLETED
-    [pro] = parse_qstat_full(PBSPRO_FULL)
-    assert sched.native(pro).state is JobState.TIMEOUT
-
-
-def test_job_ids_and_unsupported_requests():
-    sched = PBSScheduler(LocalTransport())
-    assert sched.parse_job_id("4127.head.cluster.example.org\n") == \
-        "4127.head.cluster.example.org"
-    assert sched.parse_job_id("15\n") == "15"
-    assert sched.parse_job_id("12[].pbs01\n") == "12[].pbs01"
-    assert sched.job_name("3 models; rm -rf ~") == "j3_models__rm_-"
-    with pytest.raises(ClusterError, match="count"):
-        sched.gpu_count("a100:2")
-    with pytest.raises(ClusterError, match="history"):
-        PBSScheduler(LocalTransport(), {"history": "sometimes"})
-    with pytest.raises(ClusterError, match="command_env"):
-        PBSScheduler(LocalTransport(), {"command_env": {"A B": "1"}}).call(["true"])
-    sched = PBSScheduler(LocalTransport(), {"bin_dir": "/opt/pbs/bin", "qdel": "/usr/local/qdel"})
-    assert sched.command("qsub") == "/opt/pbs/bin/qsub"
-    assert sched.command("qdel") == "/usr/local/qdel"
 
 
 def test_qstat_x_is_dropped_once_the_wrappers_refuse_it(pbs):

@@ -18,9 +18,7 @@ from IPython.utils.capture import capture_output
 from clusterjupyter.backends import backend_for
 from clusterjupyter.errors import JobFailedError
 from clusterjupyter.jobdir import JobPaths
-from clusterjupyter.schedulers.sge import SGEScheduler, parse_qacct
 from clusterjupyter.states import JobState
-from clusterjupyter.transports import LocalTransport
 
 from helpers import (cancel_leftovers, check_golden, dry_run, ensure, last_job, normalized,
                      scheduler_env, wait_for, wait_started, write_profiles)
@@ -162,55 +160,3 @@ def test_without_sge_root_the_commands_fail_clearly(shell, sge, cj_home, monkeyp
     r = run(shell, "%%cluster bare\nv = 1")
     assert "SGE_ROOT" in str(r.error_in_exec) and "v" not in shell.user_ns
     assert last_job().state is JobState.FAILED and "submission failed" in last_job().reason
-
-
-# -- accounting records and state letters (verbatim qacct output from this Grid Engine) ---------
-
-QACCT_TIMEOUT = """\
-==============================================================
-qname        all.q
-hostname     vm
-jobnumber    6
-failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit
-exit_status  137                  (Killed)
-ru_wallclock 6s
-slots        2
-maxvmem      10.305MB
-category     -l h_rt=5,h_vmem=500M -pe smp 2
-end_time     Sat Nov 21 11:26:28 2026
-"""
-
-QACCT_QDEL = """\
-==============================================================
-jobnumber    7
-failed       100 : assumedly after job
-exit_status  137                  (Killed)
-ru_wallclock 3s
-category     -pe smp 2
-==============================================================
-jobnumber    7
-failed       0
-exit_status  0
-ru_wallclock 1s
-"""
-
-
-def test_accounting_records_and_state_letters():
-    sched = SGEScheduler(LocalTransport())
-    [rec] = parse_qacct(QACCT_TIMEOUT)
-    st = sched.finished(rec)
-    assert st.state is JobState.TIMEOUT and st.exit_code == 137
-    killed, completed = parse_qacct(QACCT_QDEL)
-    assert sched.finished(killed).state is JobState.CANCELLED
-    assert sched.finished(completed).state is JobState.COMPLETED
-    oom = dict(rec, category="-l h_vmem=10M", maxvmem="10.2M", slots="1", ru_wallclock="1s")
-    assert sched.finished(oom).state is JobState.OUT_OF_MEMORY
-    never = dict(completed, failed="26  : opening input/output file")
-    st = sched.finished(never)
-    assert st.state is JobState.FAILED and "input/output file" in st.reason
-    table = {"qw": JobState.PENDING, "hqw": JobState.PENDING, "r": JobState.RUNNING,
-             "t": JobState.RUNNING, "dr": JobState.RUNNING, "Rr": JobState.RUNNING,
-             "s": JobState.RUNNING, "Eqw": JobState.FAILED, "hr": JobState.RUNNING}
-    assert {word: sched.map_state(word) for word in table} == table
-    assert sched.parse_job_id('Your job 123 ("cell-1") has been submitted\n') == "123"
-    assert sched.parse_job_id('Your job-array 9.1-4:1 ("a") has been submitted') == "9"

@@ -2,16 +2,24 @@
 
 A scheduler turns a :class:`JobSpec` into a job script, submits it, reports the state of many
 jobs in one call, and cancels. It never opens a connection itself: it is given a
-:class:`~clusterjupyter.transports.Transport` and runs every command through it
-(:meth:`Scheduler.call`). Scheduler differences are data: the directive prefix, the commands,
-the state table; a concrete scheduler adds a few short hooks:
+:class:`~clusterjupyter.transports.Transport` and runs every command through one seam,
+:meth:`Scheduler.call`. Scheduler differences are data, declared on the class:
+
+* ``operations`` — what each operation runs (``{"submit": ("sbatch", "--parsable"), …}``),
+  resolved in one place (:meth:`Scheduler.argv`: a per-program option, else ``bin_dir``);
+* ``option_help`` — the profile's ``scheduler_options`` it takes (any other is refused);
+* ``directive_prefix``, ``job_id_regexp``, ``state_map`` and reason tables, ``cancel_gone``.
+
+A concrete scheduler adds short hooks:
 
 * :meth:`directives` — resource requests as directive lines (without the prefix);
 * :meth:`submit` — submit the script, return the native job id (called exactly once per job:
   a failed submission is never retried, so no job is ever submitted twice);
-* :meth:`status` — the native state of many jobs in one scheduler call; a job the scheduler
-  no longer knows is simply absent from the answer;
-* :meth:`cancel`, and optionally :meth:`queue`, :meth:`hold`, :meth:`release`.
+* :meth:`status` — the native state of many jobs in one scheduler query; a job the scheduler
+  no longer knows is simply absent from the answer. Each query is a command builder plus a
+  *pure* parser of the command's output (module-level functions, tested on recorded output);
+* optionally :meth:`queue`; :meth:`cancel`, :meth:`hold` and :meth:`release` run their
+  ``operations`` entry by default.
 
 The final state of a job comes from the runner's exit file first (see :func:`final_state`);
 scheduler accounting only explains deaths the runner could not report (timeout, OOM, node
@@ -21,14 +29,15 @@ failure).
 from __future__ import annotations
 
 import abc
+import difflib
 import posixpath
 import re
 import shlex
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence, Union
 
-from ..errors import ClusterError
+from ..errors import ClusterError, CommandError
 from ..jobdir import SECRET_ENV, JobPaths
 from ..resources import Resources
 from ..states import JobState
@@ -93,10 +102,33 @@ class Scheduler(abc.ABC):
     commands: int = 0
     #: template file (package data in schedulers/templates/)
     template_name: ClassVar[str] = "job.sh"
+    #: what each operation runs: role ("submit", "status", "cancel", "hold", "release" …) ->
+    #: program and fixed arguments; the program is resolved by :meth:`command`
+    operations: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: this scheduler's own ``scheduler_options`` (name -> meaning); with ``operations``, the
+    #: programs, ``bin_dir`` and ``command_env`` are options too (see :meth:`valid_options`)
+    option_help: ClassVar[dict[str, str]] = {}
+    #: text in a failed cancel's output that means the job had already ended or gone
+    cancel_gone: ClassVar[str] = ""
 
     def __init__(self, transport: Transport, options: dict[str, Any] | None = None):
         self.transport = transport
         self.options = dict(options or {})
+        check_options(self.name, self.options, self.valid_options())
+
+    @classmethod
+    def valid_options(cls) -> dict[str, str]:
+        """Every option this scheduler takes, with what it means."""
+        out: dict[str, str] = {}
+        if cls.operations:
+            out["bin_dir"] = "directory of the scheduler's commands (run by absolute path)"
+            out["command_env"] = ("table of environment variables for the scheduler's commands "
+                                  "(not the job's), e.g. {SGE_ROOT = \"/opt/sge\"}")
+            for program in dict.fromkeys(argv[0] for argv in cls.operations.values()):
+                out[program] = f"path of {program} (wins over bin_dir)"
+        for klass in reversed(cls.__mro__):
+            out.update(vars(klass).get("option_help", {}))
+        return out
 
     # -- the job script ---------------------------------------------------------------------
     def directives(self, spec: JobSpec) -> list[str]:
@@ -138,11 +170,31 @@ class Scheduler(abc.ABC):
         return ""
 
     # -- operations -------------------------------------------------------------------------
-    def call(self, argv: Sequence[str], *, input: bytes | None = None,
-             timeout: float | None = 60, check: bool = True, retry: bool = False) -> Completed:
+    def command(self, program: str) -> str:
+        """Where ``program`` ("qsub") is: the option of that name if the profile sets one, else
+        ``program`` in the ``bin_dir`` option, else ``program`` (found on ``PATH``)."""
+        if self.options.get(program):
+            return str(self.options[program])
+        bin_dir = self.options.get("bin_dir")
+        return posixpath.join(str(bin_dir), program) if bin_dir else program
+
+    def argv(self, role: str, *args: str) -> list[str]:
+        """The command line of the operation ``role`` (see ``operations``) with ``args``."""
+        program, *fixed = self.operations[role]
+        return [self.command(program), *fixed, *args]
+
+    def call(self, argv: Sequence[str], *, tolerate: Tolerate = None,
+             input: bytes | None = None, timeout: float | None = 60,
+             retry: bool = False) -> Completed:
         """Run a scheduler command through the transport (the single seam for every command).
-        ``retry``: the command is idempotent (queries, cancel) and may be repeated after a
-        reconnection. The ``command_env`` option (a table) is set for the command."""
+
+        A failed command raises :class:`SchedulerError` (the scheduler's message and the
+        command, on one line) unless ``tolerate`` accepts the failure: ``True`` (any), a
+        regular expression searched in its output, or a predicate of the :class:`Completed`;
+        the caller then reads the failed result. ``retry``: the command is idempotent
+        (queries, cancel) and may be repeated after a reconnection. The ``command_env``
+        option (a table) is set for the command."""
+        shown = [str(a) for a in argv]
         env = self.options.get("command_env") or {}
         if env:
             if not isinstance(env, dict) or not all(
@@ -151,15 +203,11 @@ class Scheduler(abc.ABC):
                                    'of environment variables, e.g. {SGE_ROOT = "/opt/sge"}')
             argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
         self.commands += 1
-        return self.transport.run(argv, input=input, timeout=timeout, check=check, retry=retry)
-
-    def command(self, name: str) -> str:
-        """The program to run for the scheduler command ``name`` ("qsub"): the option of that
-        name if the profile sets one, else ``name`` in the ``bin_dir`` option, else ``name``."""
-        if self.options.get(name):
-            return str(self.options[name])
-        bin_dir = self.options.get("bin_dir")
-        return posixpath.join(str(bin_dir), name) if bin_dir else name
+        done = self.transport.run(argv, input=input, timeout=timeout, check=False, retry=retry)
+        if done.returncode != 0 and not tolerated(tolerate, done):
+            raise SchedulerError(shown, done.returncode, done.stdout, done.stderr,
+                                 self.transport.where)
+        return done
 
     def call_once(self, job_dir: str, argv: Sequence[str],
                   timeout: float | None = 150) -> Completed:
@@ -169,9 +217,14 @@ class Scheduler(abc.ABC):
         command, shielded from hang-ups; its output and exit code are kept there. Any later
         attempt (a retry after a dropped connection) waits for and reports that same outcome,
         so a submission that may or may not have reached the cluster is never duplicated.
+        A refusal names ``argv``, not the wrapper around it.
         """
-        return self.call(["sh", "-c", _ONCE, "sh", job_dir, *argv], timeout=timeout,
-                         retry=True)
+        done = self.call(["sh", "-c", _ONCE, "sh", job_dir, *argv], timeout=timeout,
+                         retry=True, tolerate=True)
+        if done.returncode != 0:
+            raise SchedulerError(list(argv), done.returncode, done.stdout, done.stderr,
+                                 self.transport.where)
+        return done
 
     def parse_job_id(self, text: str) -> str:
         m = re.search(self.job_id_regexp, text)
@@ -188,19 +241,27 @@ class Scheduler(abc.ABC):
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         """Native status of the given jobs in one query (``job_ids`` are ours, same order)."""
 
-    @abc.abstractmethod
     def cancel(self, native_ids: Sequence[str]) -> None:
-        """Ask the scheduler to stop these jobs."""
+        """Ask the scheduler to stop these jobs (one that already ended is no error)."""
+        if native_ids:
+            self.call(self.argv("cancel", *native_ids), retry=True,
+                      tolerate=self.cancel_gone or None)
 
     def queue(self, all_users: bool = False) -> list[QueueEntry]:
         """The scheduler's queue (this user's jobs unless ``all_users``)."""
         raise ClusterError(f"the {self.name} scheduler has no queue to show")
 
     def hold(self, native_id: str) -> None:
-        raise ClusterError(f"the {self.name} scheduler cannot hold jobs")
+        """Keep a pending job from starting until :meth:`release`."""
+        if "hold" not in self.operations:
+            raise ClusterError(f"the {self.name} scheduler cannot hold jobs")
+        self.call(self.argv("hold", native_id), retry=True)
 
     def release(self, native_id: str) -> None:
-        raise ClusterError(f"the {self.name} scheduler cannot release jobs")
+        """Let a held job start."""
+        if "release" not in self.operations:
+            raise ClusterError(f"the {self.name} scheduler cannot release jobs")
+        self.call(self.argv("release", native_id), retry=True)
 
     def map_state(self, native: str) -> JobState:
         word = native.strip().split()[0].rstrip("+") if native.strip() else ""
@@ -218,6 +279,57 @@ i=0
 until [ -e "$d/rc" ]; do i=$((i+1)); [ $i -gt 1200 ] && exit 75; sleep 0.1; done
 cat "$d/out"; cat "$d/err" >&2; exit "$(cat "$d/rc")"
 """
+
+
+#: what :meth:`Scheduler.call` may accept of a failed command
+Tolerate = Union[None, bool, str, "re.Pattern[str]", Callable[[Completed], bool]]
+
+
+def tolerated(tolerate: Tolerate, done: Completed) -> bool:
+    """Does ``tolerate`` accept the failed command ``done``?"""
+    if tolerate is None or tolerate is False:
+        return False
+    if tolerate is True:
+        return True
+    if callable(tolerate):
+        return bool(tolerate(done))
+    return re.search(tolerate, done.stdout + "\n" + done.stderr) is not None
+
+
+class SchedulerError(CommandError):
+    """A scheduler command failed or refused a request: the scheduler's own message first,
+    then the command, on one line."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str,
+                 where: str = "") -> None:
+        super().__init__(argv, returncode, stdout, stderr, where)
+        self.args = (refusal_text(self.argv, returncode, stdout, stderr, where),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def refusal_text(argv: Sequence[str], returncode: int, stdout: str, stderr: str,
+                 where: str = "") -> str:
+    """``sbatch: error: … (sbatch --parsable job.sh, exit code 1)``: one line."""
+    lines = [ln.strip() for ln in (stderr.strip() or stdout.strip()).splitlines() if ln.strip()]
+    message = "; ".join(dict.fromkeys(lines[-4:])) or "failed without a message"
+    loc = f", on {where}" if where else ""
+    return f"{message} ({shlex.join(argv)}, exit code {returncode}{loc})"
+
+
+def check_options(scheduler: str, options: dict[str, Any], valid: dict[str, str]) -> None:
+    """Refuse an option ``valid`` does not list, naming the close match and every valid one."""
+    unknown = [k for k in options if k not in valid]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), list(valid), n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    listing = "\n".join(f"  {k}: {v}" for k, v in valid.items()) if valid else "  (none)"
+    raise ClusterError(f"{scheduler}: unknown scheduler option {', '.join(hints)}; "
+                       f"valid options:\n{listing}")
 
 
 def _comment_safe(text: str) -> str:

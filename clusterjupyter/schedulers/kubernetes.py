@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 from ..errors import ClusterError, CommandError
 from ..jobdir import SECRET_ENV
 from ..states import JobState
+from ..text import hms
 from ..transports.base import Transport
 from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
 
@@ -80,6 +81,7 @@ _ENTRY = ('umask 077 && printf "%s" "$CLUSTERJUPYTER_SECRET" > {dir}/secret && '
 class KubernetesScheduler(Scheduler):
     name = "kubernetes"
     poll_interval = 2.0
+    option_help = OPTIONS
 
     #: true Job conditions, in the order they are looked at
     state_map: ClassVar[dict[str, JobState]] = {
@@ -110,11 +112,6 @@ class KubernetesScheduler(Scheduler):
 
     def __init__(self, transport: Transport, options: dict[str, Any] | None = None):
         super().__init__(transport, options)
-        unknown = sorted(set(self.options) - set(OPTIONS))
-        if unknown:
-            raise ClusterError("kubernetes: unknown scheduler option(s) " + ", ".join(unknown)
-                               + "; valid options:\n" + "\n".join(
-                                   f"  {k}: {v}" for k, v in OPTIONS.items()))
         missing = [k for k in ("image", "pvc") if not self.options.get(k)]
         if missing:
             raise ClusterError(f"kubernetes: scheduler option(s) {', '.join(missing)} missing: "
@@ -437,8 +434,7 @@ class KubernetesScheduler(Scheduler):
             started = job.status.start_time if job.status else None
             elapsed = ""
             if started is not None and st.state is _S.RUNNING:
-                secs = int(now - started.timestamp())
-                elapsed = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+                elapsed = hms(now - started.timestamp())
             meta = job.metadata
             out.append(QueueEntry(native_id=meta.name,
                                   name=(meta.annotations or {}).get("clusterjupyter.io/name",

@@ -8,10 +8,10 @@ runner and exit file as every batch scheduler.
 from __future__ import annotations
 
 import shlex
-import signal
 from typing import Sequence
 
 from ..states import JobState
+from ..text import signal_name
 from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
 
 
@@ -20,8 +20,8 @@ def _exit_status(code: int) -> NativeStatus:
     if code == 0:
         return NativeStatus(JobState.COMPLETED, exit_code=0, native="exited")
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        return NativeStatus(JobState.FAILED, f"killed by signal {-code} ({name})", code,
+        return NativeStatus(JobState.FAILED, f"killed by signal {-code} ({signal_name(-code)})",
+                            code,
                             native="killed")
     if code == 124:
         return NativeStatus(JobState.TIMEOUT, "time limit reached", code, native="timeout")
@@ -57,7 +57,7 @@ class LocalScheduler(Scheduler):
         if not native_ids:
             return {}
         done = self.call(["ps", "-ww", "-o", "pid=", "-o", "args=", "-p", ",".join(native_ids)],
-                         check=False)
+                         tolerate=True)
         alive = {}
         for line in done.stdout.splitlines():
             pid, _, args = line.strip().partition(" ")
@@ -78,10 +78,10 @@ class LocalScheduler(Scheduler):
             self.transport.shell(
                 'kill -TERM -- "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; '
                 '(sleep 10; kill -KILL -- "-$1" 2>/dev/null) >/dev/null 2>&1 &',
-                pid, check=False)
+                pid, tolerate=True)
 
     def queue(self, all_users: bool = False) -> list[QueueEntry]:
-        done = self.call(["ps", "-ww", "-eo", "pid=,etime=,user=,args="], check=False)
+        done = self.call(["ps", "-ww", "-eo", "pid=,etime=,user=,args="], tolerate=True)
         out = []
         for line in done.stdout.splitlines():
             parts = line.split(None, 3)

@@ -9,19 +9,13 @@ takes it (Torque: XML output; PBS Pro: finished jobs too); it is tried once and 
 ``qstat`` refuses it (the ``slurm-wlm-torque`` wrappers do). Both the text and the XML forms
 are read.
 
-Profile options (``scheduler_options``):
-
-``bin_dir``
-    directory holding ``qsub``, ``qstat`` … ; they are run by absolute path, so a PBS
-    installation (or the Torque wrappers over SLURM) that is not first on ``PATH`` — or that
-    shares command names with another scheduler — is used without touching anybody's ``PATH``.
-``qsub``, ``qstat``, ``qdel``, ``qhold``, ``qrls``
-    path of one command (wins over ``bin_dir``).
-``command_env``
-    environment variables set for these commands only (not for the job), e.g.
-    ``{PBS_SERVER = "head"}``; the job's own environment is the profile's ``env``.
-``history``
-    ``"auto"`` (default), ``true`` or ``false``: whether ``qstat`` gets ``-x``.
+Profile options (``scheduler_options``, see :meth:`PBSScheduler.valid_options`): ``bin_dir``
+(directory holding ``qsub``, ``qstat`` …, run by absolute path, so a PBS installation — or the
+Torque wrappers over SLURM — that is not first on ``PATH`` or shares command names with another
+scheduler is used without touching anybody's ``PATH``), one path per command (``qsub = …``,
+wins over ``bin_dir``), ``command_env`` (variables for these commands only, e.g.
+``{PBS_SERVER = "head"}``; the job's own environment is the profile's ``env``) and
+``history`` (``"auto"``, the default, ``true`` or ``false``: whether ``qstat`` gets ``-x``).
 """
 
 from __future__ import annotations
@@ -32,10 +26,11 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any, ClassVar, Sequence
 
-from ..errors import ClusterError, CommandError
+from ..errors import ClusterError
 from ..states import JobState
-from ..transports.base import Transport
-from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
+from ..text import clock_seconds, hms, signal_name
+from ..transports.base import Completed, Transport
+from .base import JobSpec, NativeStatus, QueueEntry, Scheduler, SchedulerError
 
 _S = JobState
 
@@ -54,6 +49,19 @@ class PBSScheduler(Scheduler):
     poll_interval = 3.0
     #: longest job name qsub takes everywhere (Torque before 4 and PBS Pro before 13: 15)
     name_limit: ClassVar[int] = 15
+    operations: ClassVar[dict[str, tuple[str, ...]]] = {
+        "submit": ("qsub",), "status": ("qstat", "-f"), "cancel": ("qdel",),
+        "hold": ("qhold",), "release": ("qrls",),
+    }
+    option_help: ClassVar[dict[str, str]] = {
+        "history": '"auto" (default), true or false: whether qstat gets -x (finished jobs)',
+    }
+    #: a failed qdel of a job that ended or is unknown (the SLURM wrappers print nothing)
+    cancel_gone = (r"(?is)\A\s*\Z|unknown job|invalid state|finished|completed|does not exist|"
+                   r"already")
+    #: the output file is repeated on qsub's command line: the Torque wrappers over SLURM
+    #: otherwise give sbatch their own ``-o``/``-e``, which win over the script's ``#PBS -o``
+    log_on_command_line: ClassVar[bool] = True
 
     state_map: ClassVar[dict[str, JobState]] = {
         "Q": _S.PENDING, "H": _S.PENDING, "W": _S.PENDING, "T": _S.PENDING, "M": _S.PENDING,
@@ -156,17 +164,26 @@ class PBSScheduler(Scheduler):
         return ClusterError(f"{self.name}: --{what} has no {self.name} equivalent; use "
                             f"{instead}")
 
-    # -- commands ---------------------------------------------------------------------------
-    def submit_args(self, spec: JobSpec) -> list[str]:
-        """Options for qsub's command line. The output file is repeated there because the
-        Torque wrappers over SLURM always give sbatch their own ``-o``/``-e`` otherwise,
-        which win over the script's ``#PBS -o``."""
-        return ["-j", "oe", "-o", self.safe_path(spec.paths.scheduler_log)]
+    def map_state(self, native: str) -> JobState:
+        """A state is a letter (PBS: ``R``) or a string of letters (Grid Engine: ``hqw``,
+        ``Eqw``): the first letter of ``state_map`` found in it decides."""
+        letter = self.letter(native)
+        if letter:
+            return self.state_map[letter]
+        return _S.LOST if not native.strip() else _S.RUNNING
 
+    def letter(self, native: str) -> str:
+        return next((c for c in self.state_map if c in native.strip()), "")
+
+    # -- commands ---------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> str:
-        argv = [self.command("qsub"), *self.submit_args(spec), self.safe_path(spec.paths.script)]
-        done = self.call_once(spec.paths.dir, argv)
-        return self.parse_job_id(done.stdout)
+        log = ["-j", "oe", "-o", self.safe_path(spec.paths.scheduler_log)] \
+            if self.log_on_command_line else []
+        argv = self.argv("submit", *log, self.safe_path(spec.paths.script))
+        return self.parse_job_id(self.call_once(spec.paths.dir, argv).stdout)
+
+    def status_command(self, ids: Sequence[str], history: bool) -> list[str]:
+        return self.argv("status", *(["-x"] if history else []), *ids)
 
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         if not native_ids:
@@ -181,80 +198,51 @@ class PBSScheduler(Scheduler):
 
     def _qstat(self, ids: Sequence[str]) -> list[dict[str, str]]:
         """``qstat -f [-x] IDS`` (all jobs without ids), parsed; unknown ids are left out."""
-        qstat = self.command("qstat")
         if self._history is not False:
-            done = self.call([qstat, "-f", "-x", *ids], check=False, retry=True)
-            if _refused(done.returncode, done.stdout, done.stderr):
-                if self._history:
-                    raise CommandError(done.argv, done.returncode, done.stdout, done.stderr,
-                                       self.transport.where)
-                self._history = False          # this qstat has no -x: never ask again
-            else:
+            done = self.call(self.status_command(ids, True),
+                             tolerate=lambda d: _refused(d) or _unknown(d), retry=True)
+            if not _refused(done):
                 self._history = True
-                return self._parse(done)
-        return self._parse(self.call([qstat, "-f", *ids], check=False, retry=True))
-
-    def _parse(self, done: Any) -> list[dict[str, str]]:
-        text = done.stdout
-        if done.returncode != 0 and "Job Id" not in text and "<Data>" not in text:
-            # Torque: 153 and "Unknown Job Id"; the SLURM wrappers: 153 and nothing
-            if done.returncode == 153 or "unknown job" in done.stderr.lower():
-                return []
-            raise CommandError(done.argv, done.returncode, done.stdout, done.stderr,
-                               self.transport.where)
-        return parse_qstat_xml(text) if text.lstrip().startswith("<") else parse_qstat_full(text)
+                return parse_qstat(done.stdout)
+            if self._history:
+                raise SchedulerError(self.status_command(ids, True), done.returncode,
+                                     done.stdout, done.stderr, self.transport.where)
+            self._history = False          # this qstat has no -x: never ask again
+        done = self.call(self.status_command(ids, False), tolerate=_unknown, retry=True)
+        return parse_qstat(done.stdout)
 
     def native(self, attrs: dict[str, str]) -> NativeStatus:
-        """One job of ``qstat -f`` (attribute names in lower case) as a NativeStatus."""
+        """One job of ``qstat -f`` (attribute names in lower case) as a NativeStatus (pure)."""
         word = attrs.get("job_state", "").strip()
         state = self.map_state(word) if word else _S.LOST
         host = attrs.get("exec_host", "").split("+")[0].split("/")[0]
         if not state.final:
-            return NativeStatus(state, self.state_reasons.get(word, ""), native=word, host=host)
-        code = _int(attrs.get("exit_status"))
-        limit = seconds(attrs.get("resource_list.walltime"))
-        used = seconds(attrs.get("resources_used.walltime"))
-        if used is None:
-            # the slurm-wlm-torque wrappers: mtime = start, ctime = end (Torque: the reverse)
-            start, end = _date(attrs.get("mtime")), _date(attrs.get("ctime"))
-            used = int(end - start) if start and end and end >= start else None
-        if code in self.exit_statuses:
-            state, reason = self.exit_statuses[code]
-        elif code != 0 and limit and used is not None and used >= limit:
-            state, reason = _S.TIMEOUT, "reached its walltime limit (--time)"
-        elif code is None:
-            # no exit_status (the SLURM wrappers): whether it went well only the exit file says
-            state, reason = _S.COMPLETED, ("ended without an exit file, and qstat does not say "
-                                           "how (see the scheduler log)")
-        elif code == 0:
-            state, reason = _S.COMPLETED, ""
-        elif code > 256 or 128 < code < 128 + 65:
-            signum = code - 256 if code > 256 else code - 128
-            name = _signame(signum)
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                state, reason = _S.CANCELLED, f"terminated by {name}"
-            else:
-                state, reason = _S.FAILED, f"killed by {name}"
-        else:
-            state, reason = _S.FAILED, f"exited with code {code}"
+            return NativeStatus(state, self.state_reasons.get(self.letter(word), ""),
+                                native=word, host=host)
+        code = integer(attrs.get("exit_status"))
+        state, reason = self.ended(code, clock_seconds(attrs.get("resource_list.walltime")),
+                                   _used(attrs))
         return NativeStatus(state, reason, code, native=word, host=host)
 
-    def cancel(self, native_ids: Sequence[str]) -> None:
-        if not native_ids:
-            return
-        done = self.call([self.command("qdel"), *native_ids], check=False, retry=True)
-        # finished or unknown jobs are not an error (the SLURM wrappers say nothing then)
-        if done.returncode != 0 and (done.stdout + done.stderr).strip() and not re.search(
-                r"(?i)unknown job|invalid state|finished|completed|does not exist|"
-                r"already", done.stdout + done.stderr):
-            raise CommandError(done.argv, done.returncode, done.stdout, done.stderr,
-                               self.transport.where)
-
-    def hold(self, native_id: str) -> None:
-        self.call([self.command("qhold"), native_id], retry=True)
-
-    def release(self, native_id: str) -> None:
-        self.call([self.command("qrls"), native_id], retry=True)
+    def ended(self, code: int | None, limit: int | None,
+              used: int | None) -> tuple[JobState, str]:
+        """How a job that left with ``exit_status`` ``code`` ended (pure)."""
+        if code in self.exit_statuses:
+            return self.exit_statuses[code]
+        if code != 0 and limit and used is not None and used >= limit:
+            return _S.TIMEOUT, "reached its walltime limit (--time)"
+        if code is None:
+            # no exit_status (the SLURM wrappers): whether it went well only the exit file says
+            return _S.COMPLETED, ("ended without an exit file, and qstat does not say how (see "
+                                  "the scheduler log)")
+        if code == 0:
+            return _S.COMPLETED, ""
+        if code > 256 or 128 < code < 128 + 65:
+            signum = code - 256 if code > 256 else code - 128
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                return _S.CANCELLED, f"terminated by {signal_name(signum)}"
+            return _S.FAILED, f"killed by {signal_name(signum)}"
+        return _S.FAILED, f"exited with code {code}"
 
     def user(self) -> str:
         """The login name jobs are submitted as (asked once)."""
@@ -264,14 +252,14 @@ class PBSScheduler(Scheduler):
 
     def queue(self, all_users: bool = False) -> list[QueueEntry]:
         me = None if all_users else self.user()
+        done = self.call(self.status_command([], False), tolerate=_unknown, retry=True)
         out = []
-        for attrs in self._parse(self.call([self.command("qstat"), "-f"], check=False,
-                                           retry=True)):
+        for attrs in parse_qstat(done.stdout):
             owner = attrs.get("job_owner", "").split("@")[0]
             st = self.native(attrs)
             if (me and owner != me) or st.state.final:
                 continue
-            used = seconds(attrs.get("resources_used.walltime"))
+            used = clock_seconds(attrs.get("resources_used.walltime"))
             if used is None and st.state is _S.RUNNING:
                 start = _date(attrs.get("start_time")) or _date(attrs.get("stime")) \
                     or _date(attrs.get("mtime"))
@@ -285,6 +273,11 @@ class PBSScheduler(Scheduler):
 
 
 # -- parsing ----------------------------------------------------------------------------------
+
+def parse_qstat(text: str) -> list[dict[str, str]]:
+    """``qstat -f`` text or Torque's ``qstat -f -x`` XML: one dict per job."""
+    return parse_qstat_xml(text) if text.lstrip().startswith("<") else parse_qstat_full(text)
+
 
 def parse_qstat_full(text: str) -> list[dict[str, str]]:
     """``qstat -f`` text: one dict per job, attribute names in lower case, ``"job id"`` too.
@@ -340,32 +333,33 @@ def _match(job_id: str, ids: Sequence[str]) -> str | None:
     return None
 
 
-def _refused(code: int, stdout: str, stderr: str) -> bool:
+def _refused(done: Completed) -> bool:
     """Did qstat reject its options (rather than not know the jobs)?"""
-    text = stderr.lower()
-    return code != 0 and not stdout.strip() and (
+    text = done.stderr.lower()
+    return done.returncode != 0 and not done.stdout.strip() and (
         "option" in text or "usage" in text)
 
 
-def hms(value: int | None) -> str:
-    """``H:MM:SS`` with as many hours as needed (what qsub and qstat use for walltime)."""
-    h, rest = divmod(int(value or 0), 3600)
-    m, s = divmod(rest, 60)
-    return f"{h:02d}:{m:02d}:{s:02d}"
+def _unknown(done: Completed) -> bool:
+    """A qstat that failed only because it does not know (some of) the jobs: Torque exits
+    153 with "Unknown Job Id", the SLURM wrappers 153 with nothing; jobs it knows are still
+    printed."""
+    return "Job Id" in done.stdout or "<Data>" in done.stdout or done.returncode == 153 \
+        or "unknown job" in done.stderr.lower()
 
 
-def seconds(text: str | None) -> int | None:
-    """Seconds from ``[[H:]M:]S`` or plain seconds; None when absent or unreadable."""
-    if not text:
-        return None
-    m = re.fullmatch(r"\s*(?:(?:(\d+):)?(\d+):)?(\d+)(?:\.\d+)?s?\s*", text)
-    if not m:
-        return None
-    h, mi, s = (int(x) if x else 0 for x in m.groups())
-    return h * 3600 + mi * 60 + s
+def _used(attrs: dict[str, str]) -> int | None:
+    """Seconds a finished job ran, from ``resources_used.walltime`` or its times."""
+    used = clock_seconds(attrs.get("resources_used.walltime"))
+    if used is None:
+        # the slurm-wlm-torque wrappers: mtime = start, ctime = end (Torque: the reverse)
+        start, end = _date(attrs.get("mtime")), _date(attrs.get("ctime"))
+        used = int(end - start) if start and end and end >= start else None
+    return used
 
 
-def _int(text: str | None) -> int | None:
+def integer(text: str | None) -> int | None:
+    """The leading integer of ``text`` (``137   (Killed)`` -> 137); None if there is none."""
     try:
         return int(str(text).split()[0]) if text is not None and str(text).strip() else None
     except ValueError:
@@ -383,10 +377,3 @@ def _date(text: str | None) -> float | None:
         return time.mktime(time.strptime(text, "%a %b %d %H:%M:%S %Y"))
     except ValueError:
         return None
-
-
-def _signame(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"

@@ -7,13 +7,12 @@ has left ``qstat`` is looked up with ``qacct -j ID`` (exit status, ``failed`` co
 ``maxvmem``), once it is there — accounting may lag a few seconds, and a cluster without
 accounting simply leaves the exit file to speak.
 
-Profile options (``scheduler_options``), besides PBS's ``bin_dir``, per-command paths
-(``qsub``, ``qstat``, ``qacct``, ``qdel``, ``qhold``, ``qrls``) and ``command_env``:
+Profile options (``scheduler_options``, see :meth:`SGEScheduler.valid_options`), besides
+PBS's ``bin_dir``, per-command paths (``qsub``, ``qstat``, ``qacct``, ``qdel``, ``qhold``,
+``qrls``) and ``command_env`` — Grid Engine's commands need ``SGE_ROOT`` (and ``SGE_CELL``
+unless it is ``default``): ``{SGE_ROOT = "/var/lib/gridengine", SGE_CELL = "default"}`` when
+the login environment does not set them (a non-interactive SSH session often does not):
 
-``command_env``
-    Grid Engine's commands need ``SGE_ROOT`` (and ``SGE_CELL`` unless it is ``default``):
-    ``{SGE_ROOT = "/var/lib/gridengine", SGE_CELL = "default"}`` when the login environment
-    does not set them (a non-interactive SSH session often does not).
 ``pe``
     parallel environment for ``--cpus`` > 1 (default ``"smp"``).
 ``gpu_resource``
@@ -34,9 +33,10 @@ from typing import Any, ClassVar, Sequence
 
 from ..errors import ClusterError
 from ..states import JobState
+from ..text import clock_seconds, hms, signal_name
 from ..transports.base import Transport
 from .base import JobSpec, NativeStatus, QueueEntry
-from .pbs import PBSScheduler, _int, _signame, hms, seconds
+from .pbs import PBSScheduler, integer
 
 _S = JobState
 
@@ -50,6 +50,15 @@ class SGEScheduler(PBSScheduler):
     job_id_regexp = r"Your job(?:-array)? (?P<job_id>\d+)"
     poll_interval = 2.0
     name_limit = 64
+    operations = {**PBSScheduler.operations, "status": ("qstat", "-xml"),
+                "accounting": ("qacct", "-j"), "show": ("qstat", "-j")}
+    option_help = {
+        "pe": 'parallel environment for --cpus > 1 (default "smp")',
+        "gpu_resource": 'the complex a GPU request is made with (default "gpu": -l gpu=N)',
+        "accounting_wait": "seconds a finished job may wait for its qacct record (default 30)",
+    }
+    #: qsub takes the output file from the script's directives
+    log_on_command_line = False
 
     #: a Grid Engine state is a string of letters ("qw", "hqw", "dr", "Eqw"); the first letter
     #: of this table found in it decides (error before running before held before queued)
@@ -67,15 +76,6 @@ class SGEScheduler(PBSScheduler):
         super().__init__(transport, options)
         self._ran: set[str] = set()              # seen running (so accounting will know it)
         self._gone: dict[str, float] = {}        # left qstat at, accounting not there yet
-
-    def map_state(self, native: str) -> JobState:
-        letter = self._letter(native)
-        if letter:
-            return self.state_map[letter]
-        return _S.LOST if not native.strip() else _S.RUNNING
-
-    def _letter(self, native: str) -> str:
-        return next((c for c in self.state_map if c in native), "")
 
     # -- the script -------------------------------------------------------------------------
     def directives(self, spec: JobSpec) -> list[str]:
@@ -111,9 +111,6 @@ class SGEScheduler(PBSScheduler):
             raise ClusterError(f"sge: scheduler option {option} must be a name, not {value!r}")
         return value
 
-    def submit_args(self, spec: JobSpec) -> list[str]:
-        return []
-
     # -- status -----------------------------------------------------------------------------
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         if not native_ids:
@@ -142,35 +139,26 @@ class SGEScheduler(PBSScheduler):
         return out
 
     def _qstat_xml(self, user: str) -> list[dict[str, str]]:
-        done = self.call([self.command("qstat"), "-xml", "-u", user], retry=True)
-        try:
-            root = ET.fromstring(done.stdout.strip())
-        except ET.ParseError as e:
-            raise ClusterError(f"sge: qstat -xml printed XML that cannot be read: {e}") from None
-        return [{child.tag: (child.text or "").strip() for child in el}
-                for el in root.iter("job_list")]
+        return parse_qstat_jobs(self.call(self.argv("status", "-u", user), retry=True).stdout)
 
     def _listed(self, job: dict[str, str]) -> NativeStatus:
+        """A job ``qstat -xml`` lists; why it is in error state, if it is (``qstat -j``)."""
         word = job.get("state", "")
-        state = self.map_state(word)
-        reason = self.state_reasons.get(self._letter(word), "")
-        if state is _S.FAILED:
-            reason = self._error_reason(job["JB_job_number"]) or reason
-        host = job.get("queue_name", "").partition("@")[2]
-        return NativeStatus(state, reason, native=word, host=host)
+        st = NativeStatus(self.map_state(word), self.state_reasons.get(self.letter(word), ""),
+                          native=word, host=job.get("queue_name", "").partition("@")[2])
+        if st.state is _S.FAILED:
+            st.reason = self._error_reason(job["JB_job_number"]) or st.reason
+        return st
 
     def _error_reason(self, native_id: str) -> str:
         """Why a job is in error state (``qstat -j``), for the user to read."""
-        done = self.call([self.command("qstat"), "-j", native_id], check=False, retry=True)
-        for line in done.stdout.splitlines():
-            if line.startswith("error reason"):
-                text = line.split(":", 1)[1].strip() if ":" in line else line
-                return f"in error state: {text} (qdel {native_id} to remove it)"
-        return ""
+        done = self.call(self.argv("show", native_id), tolerate=True, retry=True)
+        text = error_reason(done.stdout)
+        return f"in error state: {text} (qdel {native_id} to remove it)" if text else ""
 
     def accounting(self, native_id: str) -> NativeStatus | None:
         """How a finished job ended, from ``qacct -j`` (None: accounting does not know it)."""
-        done = self.call([self.command("qacct"), "-j", native_id], check=False, retry=True)
+        done = self.call(self.argv("accounting", native_id), tolerate=True, retry=True)
         if done.returncode != 0:
             return None
         records = parse_qacct(done.stdout)
@@ -182,12 +170,12 @@ class SGEScheduler(PBSScheduler):
     def finished(self, rec: dict[str, str]) -> NativeStatus:
         """A ``qacct`` record as a final NativeStatus."""
         failed_text = rec.get("failed", "0")
-        failed = _int(failed_text) or 0
-        code = _int(rec.get("exit_status"))
-        wall = seconds(rec.get("ru_wallclock"))
+        failed = integer(failed_text) or 0
+        code = integer(rec.get("exit_status"))
+        wall = clock_seconds(rec.get("ru_wallclock"))
         category = rec.get("category", "")
         m = re.search(r"h_rt=([^,\s]+)", category)
-        limit = seconds(m.group(1)) if m else None
+        limit = clock_seconds(m.group(1)) if m else None
         host = rec.get("hostname", "")
         if limit and wall is not None and wall >= limit and (code or failed):
             return NativeStatus(_S.TIMEOUT, "reached its time limit (h_rt, --time)", code,
@@ -210,7 +198,7 @@ class SGEScheduler(PBSScheduler):
             state = _S.CANCELLED if signum in (signal.SIGKILL, signal.SIGTERM) else _S.FAILED
             # Grid Engine's qdel sends SIGKILL: that is how a deleted job ends
             how = " (deleted, e.g. with qdel)" if signum == signal.SIGKILL else ""
-            return NativeStatus(state, f"killed by {_signame(signum)}{how}", code,
+            return NativeStatus(state, f"killed by {signal_name(signum)}{how}", code,
                                 native="qacct", host=host)
         return NativeStatus(_S.FAILED, f"exited with code {code}", code, native="qacct",
                             host=host)
@@ -229,6 +217,24 @@ class SGEScheduler(PBSScheduler):
                                   elapsed=hms(int(now - started)) if started else "",
                                   partition=queue, nodes=host))
         return out
+
+
+def parse_qstat_jobs(text: str) -> list[dict[str, str]]:
+    """``qstat -xml`` output: one dict per job (``JB_job_number``, ``state``, ``queue_name`` …)."""
+    try:
+        root = ET.fromstring(text.strip())
+    except ET.ParseError as e:
+        raise ClusterError(f"sge: qstat -xml printed XML that cannot be read: {e}") from None
+    return [{child.tag: (child.text or "").strip() for child in el}
+            for el in root.iter("job_list")]
+
+
+def error_reason(text: str) -> str:
+    """The ``error reason`` of ``qstat -j`` output (a job in state E)."""
+    for line in text.splitlines():
+        if line.startswith("error reason"):
+            return line.split(":", 1)[1].strip() if ":" in line else line
+    return ""
 
 
 def parse_qacct(text: str) -> list[dict[str, str]]:
@@ -258,7 +264,7 @@ def _size(text: str | None) -> float | None:
 def _vmem_limit(category: str, slots: str | None) -> float | None:
     m = re.search(r"h_vmem=([^,\s]+)", category)
     per_slot = _size(m.group(1)) if m else None
-    return per_slot * (_int(slots) or 1) if per_slot else None
+    return per_slot * (integer(slots) or 1) if per_slot else None
 
 
 def _iso(text: str | None) -> float | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from ..journal import JobRecord
 from ..states import JobState
+from ..text import short_duration as fmt_seconds
 
 STATE_COLOURS = {
     JobState.PENDING: "#b26a00",
@@ -34,20 +35,6 @@ OK = "var(--jp-success-color1, #2e7d32)"
 def esc(value: object) -> str:
     """``value`` as text, HTML-escaped (quotes too: it may end up in an attribute)."""
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def fmt_seconds(s: float | None, precise: bool = False) -> str:
-    """``42s``, ``3m05s``, ``2h07m`` (``0.4s`` under ten seconds if ``precise``); ``-`` for None."""
-    if s is None:
-        return "-"
-    if precise and s < 10:
-        return f"{max(s, 0):.1f}s"
-    s = int(max(s, 0))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def elapsed_text(rec: JobRecord, now: float | None = None) -> str:
