@@ -114,11 +114,12 @@ def normalized(script: str, job_dir: str, home: Path) -> str:
 
 
 def dry_run(shell, line: str) -> str:
-    """What ``%%cluster LINE --dry-run`` prints, without the profile/inputs/outputs lines."""
+    """What ``%%cluster LINE --dry-run`` prints, without the lines that describe this run
+    (profile, inputs, outputs, working directory)."""
     with capture_output() as cap:
         ok(shell, f"%%cluster {line} --dry-run\nvalue = 1")
-    return "\n".join(x for x in cap.stdout.splitlines() if not x.startswith("# profile")
-                     and not x.startswith("# inputs") and not x.startswith("# outputs")) + "\n"
+    skip = ("# profile", "# inputs", "# outputs", "# working directory")
+    return "\n".join(x for x in cap.stdout.splitlines() if not x.startswith(skip)) + "\n"
 
 
 # -- profiles and homes -------------------------------------------------------------------------
