@@ -1,6 +1,7 @@
 # profile sshslurm (slurm on <USER>@<HOST>:<PORT>)
 # inputs: - (0 bytes)
 # outputs: -
+# working directory: staged, 0 file(s) (0 bytes)
 #!/bin/sh
 #SBATCH --job-name=golden
 #SBATCH --output=<WORK>/ssh/jobs/00000000000000000000000000000000/scheduler.log
