@@ -219,7 +219,7 @@ def test_memory_limit_gives_out_of_memory(sh, env):
                 "import time\ntime.sleep(10)")
     err = r.error_in_exec
     assert isinstance(err, JobFailedError), repr(err)
-    assert err.state == "out_of_memory" and "--mem" in err.reason
+    assert last_job().state is JobState.OUT_OF_MEMORY and "--mem" in err.reason
     assert "exceeded memory limit" in err.log_tail
 
 
