@@ -78,7 +78,7 @@ class LocalScheduler(Scheduler):
             self.transport.shell(
                 'kill -TERM -- "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; '
                 '(sleep 10; kill -KILL -- "-$1" 2>/dev/null) >/dev/null 2>&1 &',
-                pid, tolerate=True)
+                pid, check=False)
 
     def queue(self, all_users: bool = False) -> list[QueueEntry]:
         done = self.call(["ps", "-ww", "-eo", "pid=,etime=,user=,args="], tolerate=True)
