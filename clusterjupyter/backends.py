@@ -72,6 +72,12 @@ class Backend:
         self.transport = make_transport(profile)
         self.scheduler = scheduler_class(profile.scheduler)(self.transport,
                                                             profile.scheduler_options)
+        if profile.faults:      # fault injection: both wrapped, the scheduler over the wrapper
+            from .faults import FaultPlan, wrap
+
+            self.transport, self.scheduler = wrap(
+                FaultPlan.parse(profile.faults, profile.name), self.transport,
+                lambda t: scheduler_class(profile.scheduler)(t, profile.scheduler_options))
         self.monitor = Monitor(self.name, self.scheduler, self.transport, self.journal,
                                lambda: self.key, self.watch_interval,
                                lambda *end: describe(self, *end))

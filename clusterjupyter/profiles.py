@@ -21,6 +21,7 @@ The file (``profiles.toml`` in the user's config directory, see :mod:`clusterjup
     stage_limit = "1G"               # most bytes staged per job (default 1G)
     stage_max_files = 1000           # most files staged (and sent back) per job
     return_limit = "256M"            # most bytes of files sent back per job (default 256M)
+    faults = {rate = 0.05, seed = 1} # inject real clusters' faults (see clusterjupyter.faults)
     [profiles.hpc.resources]         # defaults for --time, --mem, --cpus, ...
     time = "1h"
     partition = "debug"
@@ -77,6 +78,7 @@ class Profile:
     stage_limit: str = ""
     stage_max_files: int | None = None
     return_limit: str = ""
+    faults: dict[str, Any] = field(default_factory=dict)   # fault injection (see faults.py)
 
     @property
     def remote(self) -> bool:
@@ -140,6 +142,10 @@ class Profile:
                 raise ProfileError(f"invalid environment variable name {key!r}", name, "env")
         kw["env"] = {k: str(v) for k, v in kw.get("env", {}).items()}
         _check_staging(name, kw)
+        if kw.get("faults"):
+            from .faults import FaultPlan
+
+            FaultPlan.parse(kw["faults"], name)
         if not kw.get("host"):
             stray = [k for k in REMOTE_ONLY if kw.get(k) not in (None, False, "")]
             if stray:
