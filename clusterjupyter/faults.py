@@ -9,7 +9,9 @@ matrix test)::
 
 ``rate`` is the chance that one operation (a command, a file operation, a scheduler call) meets
 a fault, drawn from a generator seeded with ``seed``; ``kinds`` (default: all) are chosen among
-those that apply to the operation. The faults, and what the project must do about each:
+those that apply to the operation. Polls that run every few milliseconds while a cell waits (the
+exit-file watch, reading the live output) meet faults at a tenth of the rate. The faults, and
+what the project must do about each:
 
 * ``drop_before`` — the connection is cut just before a command or file operation: reconnect,
   run it once.
@@ -52,6 +54,9 @@ T = TypeVar("T")
 
 CONNECTION_KINDS = ("drop_before", "drop_during", "drop_after")
 KINDS = (*CONNECTION_KINDS, "lost_answer", "hang", "truncate", "vanish", "slow")
+#: operations polled every few milliseconds (their rate is divided by POLL_DAMPING)
+POLLS = ("watch", "read")
+POLL_DAMPING = 10.0
 #: which kinds can meet which operation
 _COMMAND = ("drop_before", "drop_during", "drop_after", "hang")
 _FILE = ("drop_before",)
@@ -82,8 +87,16 @@ class FaultPlan:
     log: list[Injected] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
+        # one generator per operation, so that how often the monitor happens to poll does not
+        # change which submissions meet which faults
+        self._rngs: dict[str, random.Random] = {}
         self._lock = threading.Lock()
+
+    def _rng(self, operation: str) -> random.Random:
+        rng = self._rngs.get(operation)
+        if rng is None:
+            rng = self._rngs[operation] = random.Random(f"{self.seed}:{operation}")
+        return rng
 
     @classmethod
     def parse(cls, value: Any, profile: str = "") -> "FaultPlan":
@@ -125,16 +138,18 @@ class FaultPlan:
         kinds = [k for k in applicable if k in self.kinds]
         if not kinds:
             return None
+        rate = self.rate / POLL_DAMPING if operation in POLLS else self.rate
         with self._lock:
-            if self._rng.random() >= self.rate:
+            rng = self._rng(operation)
+            if rng.random() >= rate:
                 return None
-            kind = self._rng.choice(kinds)
+            kind = rng.choice(kinds)
             self.log.append(Injected(kind, operation))
         return kind
 
     def uniform(self, a: float, b: float) -> float:
         with self._lock:
-            return self._rng.uniform(a, b)
+            return self._rng("uniform").uniform(a, b)
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(KINDS, 0)
@@ -193,8 +208,9 @@ class FaultyTransport(Transport):
             self._cut()
         elif kind == "hang":
             time.sleep(self.plan.hang if timeout is None else min(self.plan.hang, timeout))
-            raise TransportError(f"{argv[0]} did not finish within {timeout} s on {self.where} "
-                                 f"(injected hang): {quote_argv(argv)[:300]}")
+            limit = f"within {timeout} s" if timeout is not None else "in time"
+            raise TransportError(f"{argv[0]} did not finish {limit} on {self.where} (injected "
+                                 f"hang): {quote_argv(argv)[:300]}")
         elif kind == "drop_during":
             timer = threading.Timer(self.plan.uniform(0.0, 0.01), self._cut)
             timer.start()
@@ -227,7 +243,7 @@ class FaultyTransport(Transport):
     def spawn(self, argv: Sequence[str], log_path: str) -> str:
         # starting is idempotent per log file, so a lost answer is asked again
         return self._command(["spawn", *argv], lambda: self.inner.spawn(argv, log_path), True,
-                             None)
+                             60)
 
     # -- files -------------------------------------------------------------------------------
     def expand(self, path: str) -> str:
@@ -368,9 +384,9 @@ class FaultyScheduler:
     def _vanish(self, native: str) -> None:
         """Kill the job so it never writes its exit file, and hide it from the queue."""
         self.vanished.add(native)
-        if self.inner.name == "local":
-            self.transport.inner.run(["kill", "-KILL", "--", f"-{native}", native], check=False,
-                                     retry=True)
+        if self.inner.name == "local":      # the job's whole process group (setsid)
+            self.transport.inner.run(["sh", "-c", 'kill -KILL -"$1" || kill -KILL "$1"', "sh",
+                                      native], check=False, retry=True)
         else:
             self.inner.cancel([native])
 
