@@ -484,3 +484,28 @@ def queue(backend: Backend, all_users: bool = False) -> list[tuple[Any, JobRecor
             continue
         out.append((q, rec))
     return out
+
+
+QUEUE_ACTIONS = ("cancel", "hold", "release")
+
+
+def queue_action(backend: Backend, action: str, native_ids: list[str]) -> dict[str, str]:
+    """Cancel, hold or release scheduler jobs; returns ``{native id: error}`` for those that
+    failed (empty when all went through). A cancelled job of the journal is cancelled through
+    the backend, so the journal records it as cancelled."""
+    if action not in QUEUE_ACTIONS:
+        raise ValueError(f"unknown queue action {action!r}; valid: {', '.join(QUEUE_ACTIONS)}")
+    ours = {r.native_id: r for r in backend.journal.active(backend.name) if r.native_id}
+    failed: dict[str, str] = {}
+    for native_id in native_ids:
+        try:
+            rec = ours.get(native_id)
+            if action == "cancel" and rec is not None:
+                backend.cancel(rec)
+            elif action == "cancel":
+                backend.scheduler.cancel([native_id])
+            else:
+                getattr(backend.scheduler, action)(native_id)
+        except Exception as e:
+            failed[native_id] = f"{type(e).__name__}: {e}"
+    return failed

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_status TEXT NOT NULL DEFAULT 'none',   -- none | available | pushed | failed
     outputs       TEXT NOT NULL DEFAULT '[]',     -- names the cell binds (static analysis)
     options       TEXT NOT NULL DEFAULT '{}',     -- submit options (resources ...), JSON
-    error         TEXT NOT NULL DEFAULT '{}'      -- why a job did not complete, JSON (failure.py)
+    error         TEXT NOT NULL DEFAULT '{}',     -- why a job did not complete, JSON (failure.py)
+    cell_id       TEXT NOT NULL DEFAULT ''        -- the notebook cell that submitted it
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs(submitted);
@@ -92,6 +93,7 @@ class JobRecord:
     outputs: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] = field(default_factory=dict)
+    cell_id: str = ""
 
     @property
     def elapsed(self) -> float | None:
@@ -160,7 +162,7 @@ class Journal:
         self._conn().execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", d)
 
     _UPDATABLE = {"native_id", "state", "reason", "exit_code", "started", "finished", "host",
-                  "result_status", "job_dir", "error"}
+                  "result_status", "job_dir", "error", "cell_id", "notebook"}
 
     def update(self, job_id: str, **changes: Any) -> None:
         bad = set(changes) - self._UPDATABLE
@@ -262,12 +264,18 @@ class Journal:
         return Fingerprints(self)
 
 
+#: columns added after the first release: (name, declaration) — added to older journals
+ADDED_COLUMNS = (("error", "TEXT NOT NULL DEFAULT '{}'"), ("cell_id", "TEXT NOT NULL DEFAULT ''"))
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a journal written by an earlier version up to this schema (adds columns)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    if "error" not in have:
+    for name, decl in ADDED_COLUMNS:
+        if name in have:
+            continue
         try:
-            conn.execute("ALTER TABLE jobs ADD COLUMN error TEXT NOT NULL DEFAULT '{}'")
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
         except sqlite3.OperationalError as e:  # another process added it meanwhile
             if "duplicate column" not in str(e):
                 raise

@@ -207,6 +207,10 @@ class ClusterMagics(Magics):
         except ClusterError as e:
             raise UsageError(f"submission to {backend.name} failed: {e}") from None
         register_source(rec.id, sub.source)
+        cell_id = _cell_id(self.shell)
+        if cell_id:  # lets the sidebar take the user to the cell
+            backend.journal.update(rec.id, cell_id=cell_id)
+            rec.cell_id = cell_id
         job = Job(rec, backend)
         if args.job:
             self.shell.user_ns[args.job] = job
@@ -444,6 +448,17 @@ def _count(option: str, text: str) -> int:
     if value < 1:
         raise UsageError(f"{option} needs a whole number of at least 1, not {text!r}")
     return value
+
+
+def _cell_id(shell: Any) -> str:
+    """The id of the notebook cell being run (sent by JupyterLab / Notebook 7), or ''."""
+    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
+    if get_parent is None:
+        return ""
+    try:
+        return str((get_parent().get("metadata") or {}).get("cellId") or "")
+    except Exception:
+        return ""
 
 
 def _kernel_id(shell: Any = None) -> str:

@@ -135,7 +135,7 @@ async def test_list_jobs_filters(jp_fetch):
     assert len(body["jobs"]) == 1
 
     body = await fetch_json(jp_fetch, "jobs", params={"profile": "nowhere"})
-    assert body == {"jobs": []}
+    assert body["jobs"] == []
 
 
 async def test_list_jobs_bad_parameters(jp_fetch):
@@ -394,3 +394,68 @@ async def test_jobs_of_a_kernel_that_died_still_reach_their_end(jp_fetch, home):
         await asyncio.sleep(0.5)
     assert state == "completed"
     assert api.get_job(rec.id).result_status == "available"
+
+
+def submit_in_another_kernel(name: str, body: str) -> JobRecord:
+    """A real local job, submitted by a shell in another process that then exits."""
+    script = (
+        "import os\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "sh = InteractiveShell.instance()\n"
+        "sh.run_line_magic('load_ext', 'clusterjupyter')\n"
+        f"r = sh.run_cell({f'%%cluster --async --name {name}' + chr(10) + body!r})\n"
+        "assert r.success, r.error_in_exec\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, env=os.environ.copy(), timeout=60)
+    return api.get_job(name)
+
+
+async def test_queue_lists_and_acts_on_real_jobs(jp_fetch):
+    rec = submit_in_another_kernel("queued-one", "import time\ntime.sleep(120)")
+    try:
+        deadline = time.time() + 30
+        while True:
+            body = await fetch_json(jp_fetch, "queue", params={"profile": "local"})
+            mine = [q for q in body["queue"] if q["job"] == rec.id]
+            if mine or time.time() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        assert mine and mine[0]["name"] == "queued-one" and mine[0]["state"] == "running"
+        assert body["profile"] == "local" and body["scheduler"] == "local"
+
+        code, err = await fetch_error(jp_fetch, "queue", "local", "explode", method="POST",
+                                      body=json.dumps({"ids": [mine[0]["native_id"]]}))
+        assert code == 400 and "valid: cancel, hold, release" in err["message"]
+        code, err = await fetch_error(jp_fetch, "queue", "local", "cancel", method="POST",
+                                      body=json.dumps({"ids": "all"}))
+        assert code == 400
+
+        done = await fetch_json(jp_fetch, "queue", "local", "hold", method="POST",
+                                body=json.dumps({"ids": [mine[0]["native_id"]]}))
+        assert "cannot hold" in done["failed"][mine[0]["native_id"]]  # local jobs cannot
+        done = await fetch_json(jp_fetch, "queue", "local", "cancel", method="POST",
+                                body=json.dumps({"ids": [mine[0]["native_id"]]}))
+        assert done["failed"] == {}
+        assert (await wait_for_state(rec.id, JobState.CANCELLED)).state is JobState.CANCELLED
+    finally:
+        try:
+            api.cancel_job(rec.id)
+        except Exception:
+            pass
+
+
+async def test_queue_without_token_is_refused(jp_fetch):
+    code, _ = await fetch_error(jp_fetch, "queue", headers=NO_AUTH)
+    assert code in (401, 403)
+    code, _ = await fetch_error(jp_fetch, "queue", "local", "cancel", method="POST",
+                                body=json.dumps({"ids": ["1"]}), headers=NO_AUTH)
+    assert code in (401, 403)
+
+
+async def test_listing_gives_notebook_paths_under_the_root(jp_fetch, jp_root_dir):
+    inside = add_job(JobState.COMPLETED, notebook=str(jp_root_dir / "sub" / "a.ipynb"))
+    outside = add_job(JobState.COMPLETED, notebook="/elsewhere/b.ipynb")
+    body = await fetch_json(jp_fetch, "jobs")
+    paths = {j["id"]: j["notebook_path"] for j in body["jobs"]}
+    assert paths[inside.id] == "sub/a.ipynb" and paths[outside.id] == ""
+    assert abs(body["now"] - time.time()) < 60

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from typing import Any, Callable, TypeVar
 
 from jupyter_server.base.handlers import APIHandler
@@ -95,8 +97,48 @@ class JobsHandler(_Handler):
         limit = self._int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         await self._run(api.refresh_active)  # jobs whose kernel is gone still move on
         jobs = await self._run(api.list_jobs, parsed or None, profile, limit)
+        paths = await self._notebook_paths(jobs)
         # a listing carries a preview of each cell, not its source (that comes with one job)
-        self._reply({"jobs": [job_json(job) for job in jobs]})
+        self._reply({"now": time.time(), "jobs": [
+            {**job_json(job), "notebook_path": paths.get(job.id, "")} for job in jobs]})
+
+    async def _notebook_paths(self, jobs: list[JobRecord]) -> dict[str, str]:
+        """Each job's notebook as a path under the server's root (what the frontend opens).
+
+        A notebook renamed while its kernel runs keeps its session: the session's path is the
+        notebook's current one, and the journal follows it.
+        """
+        try:
+            sessions = await self.session_manager.list_sessions()
+        except Exception:
+            sessions = []
+        live = {s["kernel"]["id"]: s["path"] for s in sessions
+                if s.get("kernel") and s.get("path")}
+        root = os.path.abspath(getattr(self.contents_manager, "root_dir", "") or os.getcwd())
+        out: dict[str, str] = {}
+        moved: dict[str, str] = {}
+        for job in jobs:
+            path = live.get(job.kernel_id)
+            if path is not None:
+                full = os.path.join(root, path)
+                if job.notebook and job.notebook != full:
+                    moved[job.id] = full
+                    job.notebook = full
+            elif job.notebook and os.path.isabs(job.notebook):
+                rel = os.path.relpath(job.notebook, root)
+                path = "" if rel.startswith("..") else rel
+            else:
+                path = job.notebook
+            out[job.id] = (path or "").replace(os.sep, "/")
+        if moved:
+            await self._run(_rename, moved)
+        return out
+
+
+def _rename(moved: dict[str, str]) -> None:
+    journal = api.journal()
+    for job_id, notebook in moved.items():
+        journal.update(job_id, notebook=notebook)
 
 
 def _full(job: JobRecord) -> dict[str, Any]:
@@ -141,6 +183,50 @@ class CancelHandler(_Handler):
         self._reply(job_json(updated))
 
 
+class QueueHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        profile = self.get_argument("profile", "") or None
+        all_users = self.get_argument("all_users", "") in ("1", "true", "yes")
+        self._reply(await self._run(_queue, profile, all_users))
+
+
+def _queue(profile: str | None, all_users: bool) -> dict[str, Any]:
+    from ..backends import backend_for
+    from ..jobs import queue
+
+    backend = backend_for(profile)
+    return {"profile": backend.name, "scheduler": backend.scheduler.name, "queue": [
+        {"native_id": q.native_id, "name": r.name if r else q.name, "user": q.user,
+         "state": q.state.value, "native": q.native, "elapsed": q.elapsed, "reason": q.reason,
+         "partition": q.partition, "nodes": q.nodes, "job": r.id if r else None}
+        for q, r in queue(backend, all_users)]}
+
+
+class QueueActionHandler(_Handler):
+    @web.authenticated
+    async def post(self, profile: str, action: str) -> None:
+        from ..jobs import QUEUE_ACTIONS
+
+        if action not in QUEUE_ACTIONS:
+            raise _error(400, f"unknown action {action!r}; valid: {', '.join(QUEUE_ACTIONS)}")
+        try:
+            ids = json.loads(self.request.body or b"{}").get("ids")
+        except (ValueError, AttributeError):
+            ids = None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise _error(400, 'the body must be {"ids": ["<scheduler job id>", ...]}')
+        failed = await self._run(_queue_action, profile, action, ids)
+        self._reply({"profile": profile, "action": action, "failed": failed})
+
+
+def _queue_action(profile: str, action: str, ids: list[str]) -> dict[str, str]:
+    from ..backends import backend_for
+    from ..jobs import queue_action
+
+    return queue_action(backend_for(profile), action, ids)
+
+
 class ProfilesHandler(_Handler):
     @web.authenticated
     async def get(self) -> None:
@@ -163,5 +249,8 @@ def route_table(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (root + job + "/logs/?", LogsHandler),
         (root + job + "/cancel/?", CancelHandler),
         (url_path_join(root, "profiles") + "/?", ProfilesHandler),
+        (url_path_join(root, "queue") + "/?", QueueHandler),
+        (url_path_join(root, "queue") + r"/(?P<profile>[^/]+)/(?P<action>[a-z]+)/?",
+         QueueActionHandler),
         (url_path_join(root, "metrics") + "/?", MetricsHandler),
     ]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
-from .. import api
+from ..errors import ClusterError
 from ..journal import JobRecord
 from ..schedulers import QueueEntry
 from . import _html as H
@@ -161,19 +161,11 @@ class QueueTab:
 
         def work() -> None:
             from ..backends import backend_for
+            from ..jobs import queue_action
 
-            backend = backend_for(profile)
-            if action == "cancel" and job_id is not None:
-                # one of ours: cancel through the backend so the journal says "cancelled"
-                rec = api.journal().get(job_id)
-                if rec is not None and not rec.state.final:
-                    backend.cancel(rec)
-                else:
-                    backend.scheduler.cancel([native_id])
-            elif action == "cancel":
-                backend.scheduler.cancel([native_id])
-            else:
-                getattr(backend.scheduler, action)(native_id)
+            failed = queue_action(backend_for(profile), action, [native_id])
+            if failed:
+                raise ClusterError(failed[native_id])
             hub.poke()
             self._reader.wait(30)
             self.refresh(note=f"{action}: done for job {native_id} on {profile}")
