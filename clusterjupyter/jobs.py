@@ -7,13 +7,14 @@ import linecache
 import sys
 import threading
 import time
-import warnings
 from typing import Any, Callable
 
 from .backends import Backend, backend_for_record
 from .errors import ClusterError, IntegrityError, JobCancelledError, JobFailedError
 from .failure import error_of, explain, format_error
+from . import writeback
 from .journal import JobRecord
+from .writeback import UnpicklableOutputWarning  # noqa: F401  (part of this module's API)
 from .monitor import INTEGRITY
 from .payload import JobResult
 from .states import JobState
@@ -22,10 +23,6 @@ from .states import JobState
 #: lines of the cell a listing carries (the full source comes with one job)
 PREVIEW_LINES = 3
 PREVIEW_CHARS = 240
-
-
-class UnpicklableOutputWarning(UserWarning):
-    """Some names bound by the cell could not be sent back (the others were)."""
 
 
 class Job:
@@ -306,20 +303,8 @@ def publish_display(data: dict, metadata: dict) -> None:
 
 
 def apply_result(result: JobResult, namespace: dict) -> list[str]:
-    """Push a job's values into ``namespace``: bound and mutated names, deletions.
-
-    Names that could not come back are named in an :class:`UnpicklableOutputWarning`; the rest
-    still arrive. Returns the names that changed.
-    """
-    namespace.update(result.values)
-    for name in result.deleted:
-        namespace.pop(name, None)
-    if result.warnings:
-        lines = "; ".join(f"{n}: {why}" for n, why in result.warnings.items())
-        warnings.warn_explicit(
-            f"not sent back from the cluster (the other names were): {lines}",
-            UnpicklableOutputWarning, filename=f"<cluster-cell-{result.job_id[:8]}>", lineno=1)
-    return [*result.values, *(f"del {n}" for n in result.deleted)]
+    """Push a job's values into ``namespace`` (see :mod:`.writeback`); returns what changed."""
+    return writeback.apply(result, namespace)
 
 
 def push(job: Job, namespace: dict, main: Any) -> tuple[JobResult, list[str]]:

@@ -193,7 +193,7 @@ class ClusterMagics(Magics):
         if args.dry_run:
             print(f"# profile {backend.name} ({backend.scheduler.name} on "
                   f"{backend.transport.where})")
-            print(f"# inputs: {', '.join(sub.packed.blobs) or '-'}"
+            print(f"# inputs: {', '.join(sub.packed.names) or '-'}"
                   + (f"; modules: {', '.join(sub.packed.modules)}" if sub.packed.modules else "")
                   + f" ({sub.packed.total_size} bytes)")
             if sub.packed.skipped:

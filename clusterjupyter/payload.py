@@ -8,11 +8,13 @@ unpickling it.
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import serialize
+from . import bundle, serialize
 from .capture import Captured
 from .errors import CaptureError, RemoteError, RemoteTraceback
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
@@ -30,6 +32,7 @@ class Packed:
     skipped: dict[str, str] = field(default_factory=dict)   # optional inputs left behind
     #: more of the manifest: the kernel's settings ("context"), the cell's file name
     extra: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)           # the inputs sent, by name
 
     @property
     def total_size(self) -> int:
@@ -37,7 +40,9 @@ class Packed:
 
 
 def pack_inputs(captured: Captured, namespace: dict, main: types.ModuleType) -> Packed:
-    """Pickle the inputs; notebook classes they use are added as inputs of their own."""
+    """Pickle the inputs together (:mod:`.bundle`): shared objects stay shared. Large arrays
+    and the notebook classes the values use travel as blobs of their own (an unchanged one is
+    not sent again)."""
     referenced: set[str] = set()
     plain_ref = serialize.main_class_ref(namespace)
 
@@ -48,28 +53,45 @@ def pack_inputs(captured: Captured, namespace: dict, main: types.ModuleType) -> 
         return name
 
     opts = serialize.DumpOptions(main=main, class_ref=class_ref)
+    values = dict(captured.values)
     blobs: dict[str, serialize.Blob] = {}
     problems: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    todo = list(captured.values)
-    while todo:
-        name = todo.pop(0)
-        if name in blobs or name in problems or name in skipped:
-            continue
-        value = captured.values.get(name, namespace.get(name))
-        try:
-            blobs[name] = serialize.dump(value, opts)
-        except Exception as e:
-            why = f"{type(value).__name__} cannot be pickled ({type(e).__name__}: {e})"
-            if name in captured.optional:
-                skipped[name] = why
-            else:
-                problems[name] = why
-            continue
-        todo.extend(sorted(referenced - set(blobs)))
+
+    def fail(name: str, why: str) -> None:
+        (skipped if name in captured.optional else problems)[name] = why
+
+    def dump_own(todo: list[str]) -> None:
+        while todo:
+            name = todo.pop(0)
+            if name in blobs or name in problems or name in skipped:
+                continue
+            value = values.get(name, namespace.get(name))
+            try:
+                blobs[name] = serialize.dump(value, opts)
+            except Exception as e:
+                fail(name, f"{type(value).__name__} cannot be pickled ({type(e).__name__}: {e})")
+                continue
+            todo.extend(sorted(referenced - set(blobs)))
+
+    own: dict[int, str] = {}
+    for name, value in values.items():
+        if (isinstance(value, type) and plain_ref(value) == name) or bundle.separate(value):
+            own.setdefault(id(value), name)
+    dump_own(list(own.values()))
+    refs = bundle.refs_for({n: values[n] for n in own.values() if n in blobs})
+    rest = {n: v for n, v in values.items()
+            if n not in blobs and n not in problems and n not in skipped}
+    arrays = bundle.arrays_among(*values.values())
+    groups, bad = bundle.dump_groups(rest, opts, refs, arrays)
+    for name, why in bad.items():
+        fail(name, why)
+    dump_own(sorted(referenced - set(blobs)))
     if problems:
         raise CaptureError(problems)
-    return Packed(blobs=blobs, modules=dict(captured.modules), skipped=skipped)
+    blobs.update(groups)
+    sent = [n for n in values if n not in problems and n not in skipped]
+    return Packed(blobs=blobs, modules=dict(captured.modules), skipped=skipped, names=sent)
 
 
 @dataclass
@@ -131,6 +153,19 @@ def _read_capped(f: Any, limit: int, what: str) -> bytes:
     return b"".join(pieces)
 
 
+def _read_verified(opener: Opener, path: str, entry: dict, what: str) -> tuple[bytes, list]:
+    """A blob's pickle stream and buffers, checked against its signed sha256 and size."""
+    digest = hashlib.sha256()
+    with opener(path) as f:
+        try:
+            data, buffers = serialize.read_blob(f, digest, entry.get("size"))
+        except pickle.UnpicklingError as e:
+            raise IntegrityError(f"{what} was altered ({e}); refusing to unpickle it") from None
+    if digest.hexdigest() != entry["sha256"]:
+        raise IntegrityError(f"{what} was altered; refusing to unpickle it")
+    return data, buffers
+
+
 def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
                 main: types.ModuleType) -> JobResult:
     """Read, verify and unpickle a job's result through ``opener`` (a transport's ``open``)."""
@@ -156,6 +191,10 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
         entry = entries[name]
         if "module" in entry:
             value = __import__(entry["module"], fromlist=["_"])
+        elif name in bundle.GROUPS:
+            data, buffers = _read_verified(opener, paths.outputs + "/" + entry["file"], entry,
+                                           f"output {name}")
+            value = bundle.load_group(data, buffers, main, resolve, kernel_object)
         else:
             check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
             with opener(paths.outputs + "/" + entry["file"]) as f:
@@ -167,6 +206,14 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
                                          "unpickle it") from None
         loaded[name] = value
         return value
+
+    def kernel_object(name: str) -> Any:
+        # the cell's input itself: the kernel's own object (its new state is written into it)
+        try:
+            return namespace[name]
+        except KeyError:
+            raise LookupError(f"{name!r} (an input of the job) is no longer in this "
+                              "kernel") from None
 
     def resolve(name: str) -> Any:
         # a class the cell defined comes with the result; otherwise it is the kernel's own
@@ -181,20 +228,23 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
     for name, entry in entries.items():
         if "module" not in entry:
             check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
-    for name in entries:
+    for entry_name, entry in entries.items():
         try:
-            value = load(name)
+            got = load(entry_name)
         except IntegrityError:
             raise
         except Exception as e:
-            result.unloadable[name] = f"cannot be loaded here ({type(e).__name__}: {e})"
+            for name in entry.get("names", [entry_name]):
+                result.unloadable[name] = f"cannot be loaded here ({type(e).__name__}: {e})"
             continue
-        if name == RESULT_KEY:
-            result.value, result.has_value = value, True
-        elif name == EXCEPTION_KEY:
-            result.exception = _rebuild_exception(value, doc.get("exception", {}))
-        else:
-            result.values[name] = value
+        for name, value in (got.items() if entry_name in bundle.GROUPS
+                            else [(entry_name, got)]):
+            if name == RESULT_KEY:
+                result.value, result.has_value = value, True
+            elif name == EXCEPTION_KEY:
+                result.exception = _rebuild_exception(value, doc.get("exception", {}))
+            else:
+                result.values[name] = value
     if "exception" in doc and result.exception is None:
         info = doc["exception"]
         result.exception = RemoteError(info.get("type", "Exception"), info.get("message", ""),

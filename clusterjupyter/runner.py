@@ -34,7 +34,7 @@ import traceback
 import types
 from typing import Any
 
-from . import _display, context, serialize
+from . import _display, bundle, context, serialize
 from ._workdir import Workdir
 from .jobdir import (SECRET_ENV, IntegrityError, JobPaths, blob_mac, check, load_secret,
                      sign_document, sign_exit, verify_document, write_atomic,
@@ -262,12 +262,7 @@ class Runner:
         entries = self.manifest.get("inputs", {})
         loading: set[str] = set()
 
-        def load(name: str) -> Any:
-            if name in self.inputs:
-                return self.inputs[name]
-            if name in loading or name not in entries:
-                raise IntegrityError(f"input {name!r} is not part of this job")
-            loading.add(name)
+        def read(name: str) -> tuple[bytes, list]:
             entry = entries[name]
             check(blob_mac(self.key, self.paths.job_id, entry["sha256"]), entry["mac"],
                   f"input {name!r}")
@@ -279,13 +274,30 @@ class Runner:
                     raise IntegrityError(f"blob of input {name!r} was altered ({e})") from None
             if got.hexdigest() != entry["sha256"]:
                 raise IntegrityError(f"blob of input {name!r} was altered")
+            return data, buffers
+
+        def load(name: str) -> Any:
+            if name in self.inputs:
+                return self.inputs[name]
+            if name in loading or name not in entries or name in bundle.GROUPS:
+                raise IntegrityError(f"input {name!r} is not part of this job")
+            loading.add(name)
+            data, buffers = read(name)
             value = serialize._Unpickler(io.BytesIO(data), self.module, load, buffers).load()
             self.inputs[name] = value
             self.ns[name] = value
             return value
 
         for name in entries:
-            load(name)
+            if name not in bundle.GROUPS:
+                load(name)
+        for group in bundle.GROUPS:
+            if group in entries:
+                data, buffers = read(group)
+                for name, value in bundle.load_group(data, buffers, self.module, load,
+                                                     load).items():
+                    self.inputs[name] = value
+                    self.ns[name] = value
         if "IPython" in self.manifest["cell"] or "IPython" in sys.modules:
             _patch_ipython_display()
 
@@ -386,20 +398,36 @@ class Runner:
                 "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
                 "frames": cell_frames(exc.__traceback__, self.filename),
             }
-        items = list(values.items())
+        items = dict(values)
         if has_last:
-            items.append((RESULT_KEY, last))
-        if exc is not None:
-            items.append((EXCEPTION_KEY, _exception_payload(exc)))
-        for index, (name, value) in enumerate(items):
+            items[RESULT_KEY] = last
+        outputs: dict[str, serialize.Blob] = {}
+        for name, value in list(items.items()):
             if isinstance(value, types.ModuleType):
                 entries[name] = {"module": value.__name__}
-                continue
+                del items[name]
+            elif isinstance(value, type) and opts.class_ref is not None \
+                    and opts.class_ref(value) == name:
+                # a notebook class travels on its own: values refer to it by name
+                try:
+                    outputs[name] = serialize.dump(value, opts)
+                except Exception as e:
+                    unpicklable[name] = f"{type(e).__name__}: {e}"
+                del items[name]
+        # inputs travel back as references to the kernel's objects; a mutated input's new
+        # state by value, to be written into the kernel's object
+        refs = bundle.refs_for(self.inputs)
+        arrays = bundle.arrays_among(*self.inputs.values(), *items.values())
+        grouped = {n: bundle.Root(v) if n in mutated else v for n, v in items.items()}
+        groups, bad = bundle.dump_groups(grouped, opts, refs, arrays)
+        unpicklable.update(bad)
+        outputs.update(groups)
+        if exc is not None:
             try:
-                blob = serialize.dump(value, opts)
+                outputs[EXCEPTION_KEY] = serialize.dump(_exception_payload(exc), opts)
             except Exception as e:
-                unpicklable[name] = f"{type(e).__name__}: {e}"
-                continue
+                unpicklable[EXCEPTION_KEY] = f"{type(e).__name__}: {e}"
+        for index, (name, blob) in enumerate(outputs.items()):
             path = self.paths.output(index)
             with open(path + ".tmp", "wb") as f:
                 blob.write_to(f)
@@ -407,6 +435,8 @@ class Runner:
             entries[name] = {"file": os.path.basename(path), "sha256": blob.sha256,
                              "size": blob.size,
                              "mac": blob_mac(self.key, self.paths.job_id, blob.sha256)}
+            if name in bundle.GROUPS:
+                entries[name]["names"] = getattr(blob, "names", [])
         doc: dict[str, Any] = {"job_id": self.paths.job_id, "values": entries,
                                "unpicklable": unpicklable, "mutated": mutated,
                                "deleted": deleted}

@@ -151,3 +151,63 @@ def test_no_warning_leaks_from_the_machinery(shell):
         warnings.simplefilter("error")
         ok(shell, "%%cluster\nq = 1")
     assert shell.user_ns["q"] == 1
+
+
+# -- identity ----------------------------------------------------------------------------------
+
+def test_names_for_one_object_are_one_object_in_the_job_and_back(shell):
+    ok(shell, "x = [1]\ny = x\nbox = {'items': x}")
+    ok(shell, "%%cluster\nx.append(2)\nsame = (x is y, box['items'] is x)\nnew = [0]\nalias = new\n"
+              "also = y")
+    ns = shell.user_ns
+    assert ns["same"] == (True, True)
+    assert ns["x"] == [1, 2] and ns["y"] is ns["x"] and ns["box"]["items"] is ns["x"]
+    assert ns["alias"] is ns["new"] and ns["also"] is ns["x"]
+
+
+def test_mutations_are_written_into_the_kernels_objects(shell):
+    ok(shell, "class P:\n    def __init__(self):\n        self.v = 0\n"
+              "d = {'k': 1}\nd2 = d\ns = {1}\ns2 = s\np = P()\nq = p\n"
+              "import os\nhere = os.getpid()")
+    ok(shell, "%%cluster\nd['j'] = 2\ns.add(2)\np.v = 5\nimport os\nthere = os.getpid()")
+    ns = shell.user_ns
+    assert ns["d2"] == {"k": 1, "j": 2} and ns["d2"] is ns["d"]
+    assert ns["s2"] == {1, 2} and ns["q"].v == 5 and ns["q"] is ns["p"]
+    assert ns["there"] != ns["here"]
+
+
+def test_numpy_views_and_aliases_see_the_change(shell):
+    np = pytest.importorskip("numpy")
+    ok(shell, "import numpy as np\na = np.arange(4)\nv = a[:2]\nb = a")
+    ok(shell, "%%cluster\nv[0] = 99")
+    ns = shell.user_ns
+    assert ns["a"].tolist() == [99, 1, 2, 3] and ns["v"].base is ns["a"]
+    ok(shell, "%%cluster\nb[1] = -1")
+    assert ns["a"].tolist() == [99, -1, 2, 3] and ns["b"] is ns["a"]
+    # both an array and its view as inputs: one memory in the job
+    ok(shell, "%%cluster\nv[1] = 7\nseen = int(a[1])\nw = a[2:]")
+    assert ns["seen"] == 7 and ns["a"][1] == 7
+    assert ns["w"].base is ns["a"] and np.shares_memory(ns["w"], ns["a"])
+
+
+def test_pandas_objects_are_updated_in_place(shell):
+    pytest.importorskip("pandas")
+    ok(shell, "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\nsame = df")
+    ok(shell, "%%cluster\ndf['b'] = df['a'] * 10\ndf.loc[0, 'a'] = 5")
+    ns = shell.user_ns
+    assert ns["same"] is ns["df"] and list(ns["same"].columns) == ["a", "b"]
+    assert ns["same"]["b"].tolist() == [10, 20] and ns["same"].loc[0, "a"] == 5
+
+
+def test_a_large_unchanged_input_is_not_sent_again(shell, cj_home):
+    pytest.importorskip("numpy")
+    from clusterjupyter import serialize
+
+    ok(shell, "import numpy as np\nbig = np.random.default_rng(3).random(1 << 18)\nsmall = [1]")
+    expected = serialize.dump(shell.user_ns["big"]).sha256
+    assert ok(shell, "%%cluster\nfloat(big[:3].sum()) + small[0]") > 1
+    stored = next(cj_home.rglob(expected))
+    first = stored.stat()
+    ok(shell, "small.append(2)")
+    assert ok(shell, "%%cluster\nlen(big) + len(small)") == (1 << 18) + 2
+    assert (stored.stat().st_ino, stored.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
