@@ -45,6 +45,9 @@ FIRST_QUERY_DELAY = 1.0
 SIGNAL_GRACE = 5.0
 #: seconds between scheduler questions about a job whose runner was stopped
 ASK_EVERY = 0.25
+#: the largest exit file read (a runner's is well under 4 KiB: its reason is cut at 2,000
+#: characters); one SFTP read over SSH
+MAX_EXIT_FILE = 16 << 10
 #: seconds a job a cell blocks on may sit with a reason it can never start for (a dependency
 #: that failed, more time than the partition allows ...) before it is cancelled
 NEVER_GRACE = 2.0
@@ -379,9 +382,11 @@ class Monitor:
     def _read_exit(self, t: _Tracked) -> tuple[dict | None, str]:
         """The verified exit file, or (None, why it does not verify)."""
         try:
-            data = self.transport.read(t.paths.state)
+            data = self.transport.read_from(t.paths.state, 0, MAX_EXIT_FILE + 1)
         except OSError as e:
             return None, f"the exit file state.json cannot be read ({e})"
+        if len(data) > MAX_EXIT_FILE:
+            return None, f"the exit file state.json is larger than {MAX_EXIT_FILE} bytes"
         try:
             return verify_exit(self.secret(), t.record.id, data), ""
         except IntegrityError as e:
@@ -389,7 +394,7 @@ class Monitor:
 
     def _started_at(self, t: _Tracked) -> float:
         try:
-            doc = json.loads(self.transport.read(t.paths.started))
+            doc = json.loads(self.transport.read_from(t.paths.started, 0, MAX_EXIT_FILE))
             return float(doc.get("time", time.time()))
         except (OSError, ValueError, TypeError, AttributeError):
             return time.time()

@@ -454,6 +454,8 @@ class Runner:
         write_atomic(self.paths.result_sig, sig)
 
     def write_state(self, state: str, exit_code: int, reason: str = "", **extra: Any) -> None:
+        if len(reason) > 2000:  # (the cell's whole exception is in the result)
+            reason = reason[:2000] + " …"
         doc = {"state": state, "exit_code": exit_code, "reason": reason,
                "host": socket.gethostname(), "pid": os.getpid(),
                "started": self.started, "finished": time.time(),

@@ -206,6 +206,13 @@ def test_an_exit_file_signed_for_another_job_is_refused(shell):
     assert done.record.state is JobState.COMPLETED
 
 
+def test_a_huge_exception_message_is_not_mistaken_for_a_forged_exit_file(shell):
+    r = run(shell, "%%cluster\nraise ValueError('é' * 100000)")
+    assert isinstance(r.error_in_exec, ValueError) and len(str(r.error_in_exec)) == 100000
+    rec = api.list_jobs(limit=1)[0]
+    assert rec.state is JobState.FAILED and not rec.reason.startswith(INTEGRITY)
+
+
 # -- 7: clear errors instead of raw exceptions ----------------------------------------------------
 
 def test_unreadable_input_gets_a_clear_error(shell):
