@@ -177,6 +177,10 @@ class FaultyTransport(Transport):
     def __getattr__(self, name: str) -> Any:     # what a concrete transport adds (connects …)
         return getattr(self.inner, name)
 
+    @property
+    def connects(self) -> int:   # (the base class defines it: __getattr__ would not be asked)
+        return self.inner.connects
+
     # -- the faults --------------------------------------------------------------------------
     def _cut(self) -> bool:
         """Cut the inner transport's connection, as a network drop would (False: it has none)."""

@@ -96,13 +96,15 @@ async def test_metrics_route(jp_fetch, cj_home):
 
 
 @pytest.mark.ssh
-def test_reconnects_and_retried_submissions_are_counted_over_ssh(shell, cj_home, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"faults": {"rate": 0.0}}], ids=["plain", "fault-wrapped"])
+def test_reconnects_and_retried_submissions_are_counted_over_ssh(shell, cj_home, tmp_path,
+                                                                 extra):
     from helpers import close_shell_and_backends, ensure, ssh_profile, write_profiles
 
     from clusterjupyter.backends import backend_for
 
     ssh = ensure("sshd")["ssh"]
-    write_profiles(cj_home, {"sshlocal": ssh_profile(ssh, tmp_path / "work")})
+    write_profiles(cj_home, {"sshlocal": ssh_profile(ssh, tmp_path / "work", **extra)})
     try:
         ok(shell, "%%cluster sshlocal\nx = 1")
         backend = backend_for("sshlocal")
