@@ -85,8 +85,11 @@ def run_cell(sh: Any, profile: str, i: int, ran_dir: Path) -> Cell:
             cell.outcome = "other"
         if isinstance(err, RAW) and not isinstance(err, ClusterError):
             cell.problems.append(f"raw exception {cell.error}")
-        if not text.strip() or "Traceback" in text:
+        first = text.splitlines()[0] if text.strip() else ""
+        if not first.strip() or "Traceback" in text or len(first) > 500:
             cell.problems.append(f"unclear error {cell.error!r}")
+        if type(err).__name__ == "UsageError" and len(text.splitlines()) != 1:
+            cell.problems.append(f"error of {len(text.splitlines())} lines: {text[:300]!r}")
     if new:
         rec = api.get_job(new[-1].id)
         pidfile = Path(JobPaths.from_dir(rec.job_dir).scheduler_log + ".pid")

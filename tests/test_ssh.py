@@ -864,3 +864,15 @@ def test_result_command_refuses_a_fifo_result(sh, env):
     err = got[0].error_in_exec
     assert err is not None and "is a FIFO, not a regular file" in str(err)
     assert str(result) in str(err) and len(str(err).splitlines()) == 1
+
+
+def test_the_kernel_passes_its_prompt_and_it_asks_nobody_off_the_main_thread(env):
+    from clusterjupyter.backends import backend_for
+    from clusterjupyter.kernelprompt import kernel_prompt
+
+    assert backend_for("sshlocal").transport.link.prompt is kernel_prompt
+    answers: list = []
+    th = threading.Thread(target=lambda: answers.append(kernel_prompt("password: ")))
+    th.start()
+    th.join(10)
+    assert answers == [None]            # a background thread never waits for a person
