@@ -28,6 +28,7 @@ from . import serialize
 SEPARATE_MIN = 1 << 20
 GROUPS = ("__ns__", "__nsd__")
 REF = "ref"
+MODULE = "module"
 #: values whose identity does not matter: never sent as references
 _ATOMS = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, range)
 
@@ -61,6 +62,25 @@ def refs_for(values: dict[str, Any]) -> Refs:
     for name, value in values.items():
         if not isinstance(value, _ATOMS):
             refs.setdefault(id(value), (REF, name))
+    return refs
+
+
+def module_refs(values: dict[str, Any]) -> Refs:
+    """References for values that are a module's own attribute of the same name (what
+    ``from pylab import *`` binds): the other side binds its own module's object."""
+    refs: Refs = {}
+    for name, value in values.items():
+        if isinstance(value, _ATOMS) or isinstance(value, types.ModuleType):
+            continue
+        for modname in {getattr(value, "__module__", None), type(value).__module__}:
+            if not isinstance(modname, str) or modname in ("__main__", "builtins"):
+                continue
+            parts = modname.split(".")
+            for i in range(len(parts), 0, -1):
+                module = sys.modules.get(".".join(parts[:i]))
+                if module is not None and getattr(module, "__dict__", {}).get(name) is value:
+                    refs.setdefault(id(value), (MODULE, f"{module.__name__}:{name}"))
+                    break
     return refs
 
 
@@ -253,6 +273,11 @@ class Unpickler(serialize._Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == REF:
             return self._refs(pid[1])
+        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == MODULE:
+            import importlib
+
+            modname, _, name = pid[1].partition(":")
+            return getattr(importlib.import_module(modname), name)
         return super().persistent_load(pid)
 
 

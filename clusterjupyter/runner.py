@@ -383,6 +383,37 @@ class Runner:
                     and n not in deleted]
         return out, mutated, deleted
 
+    def output_blobs(self, items: dict[str, Any], mutated: list[str],
+                     opts: serialize.DumpOptions, entries: dict[str, Any],
+                     unpicklable: dict[str, str]) -> dict[str, serialize.Blob]:
+        """The values to send back, pickled: modules by name (into ``entries``), notebook
+        classes on their own, everything else together (:mod:`.bundle`)."""
+        outputs: dict[str, serialize.Blob] = {}
+        for name, value in list(items.items()):
+            if isinstance(value, types.ModuleType):
+                entries[name] = {"module": value.__name__}
+                del items[name]
+            elif isinstance(value, type) and opts.class_ref is not None \
+                    and opts.class_ref(value) == name:
+                # a notebook class travels on its own: values refer to it by name
+                try:
+                    outputs[name] = serialize.dump(value, opts)
+                except Exception as e:
+                    unpicklable[name] = f"{type(e).__name__}: {e}"
+                del items[name]
+        # inputs travel back as references to the kernel's objects (a mutated input's new
+        # state by value, to be written into the kernel's object); a module's own objects as
+        # references to the kernel's module
+        refs = bundle.refs_for(self.inputs)
+        for key, pid in bundle.module_refs(items).items():
+            refs.setdefault(key, pid)
+        arrays = bundle.arrays_among(*self.inputs.values(), *items.values())
+        grouped = {n: bundle.Root(v) if n in mutated else v for n, v in items.items()}
+        groups, bad = bundle.dump_groups(grouped, opts, refs, arrays)
+        unpicklable.update(bad)
+        outputs.update(groups)
+        return outputs
+
     def write_result(self, values: dict[str, Any], mutated: list[str], deleted: list[str],
                      last: Any, has_last: bool, exc: BaseException | None) -> None:
         os.makedirs(self.paths.outputs, mode=0o700, exist_ok=True)
@@ -401,27 +432,7 @@ class Runner:
         items = dict(values)
         if has_last:
             items[RESULT_KEY] = last
-        outputs: dict[str, serialize.Blob] = {}
-        for name, value in list(items.items()):
-            if isinstance(value, types.ModuleType):
-                entries[name] = {"module": value.__name__}
-                del items[name]
-            elif isinstance(value, type) and opts.class_ref is not None \
-                    and opts.class_ref(value) == name:
-                # a notebook class travels on its own: values refer to it by name
-                try:
-                    outputs[name] = serialize.dump(value, opts)
-                except Exception as e:
-                    unpicklable[name] = f"{type(e).__name__}: {e}"
-                del items[name]
-        # inputs travel back as references to the kernel's objects; a mutated input's new
-        # state by value, to be written into the kernel's object
-        refs = bundle.refs_for(self.inputs)
-        arrays = bundle.arrays_among(*self.inputs.values(), *items.values())
-        grouped = {n: bundle.Root(v) if n in mutated else v for n, v in items.items()}
-        groups, bad = bundle.dump_groups(grouped, opts, refs, arrays)
-        unpicklable.update(bad)
-        outputs.update(groups)
+        outputs = self.output_blobs(items, mutated, opts, entries, unpicklable)
         if exc is not None:
             try:
                 outputs[EXCEPTION_KEY] = serialize.dump(_exception_payload(exc), opts)

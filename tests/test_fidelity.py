@@ -211,3 +211,15 @@ def test_a_large_unchanged_input_is_not_sent_again(shell, cj_home):
     ok(shell, "small.append(2)")
     assert ok(shell, "%%cluster\nlen(big) + len(small)") == (1 << 18) + 2
     assert (stored.stat().st_ino, stored.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+
+def test_star_import_binds_the_kernels_own_objects(shell):
+    pytest.importorskip("numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok(shell, "%%cluster\nfrom numpy import *\nimport os\njob = os.getpid()")
+    import numpy
+
+    ns = shell.user_ns
+    assert ns["job"] != os.getpid() and ns["linspace"] is numpy.linspace
+    assert ns["sin"] is numpy.sin and ns["ndarray"] is numpy.ndarray
