@@ -28,7 +28,6 @@ def list_jobs(states: tuple[str, ...] | None = None, profile: str | None = None,
     return journal().list(states, profile, limit)
 
 
-_last_refresh = 0.0
 REFRESH_EVERY = 3.0
 
 
@@ -38,14 +37,14 @@ def refresh_active(force: bool = False) -> None:
     Lets any process (the server, a new kernel) notice jobs whose submitting kernel is gone.
     Throttled to one pass every few seconds unless ``force``.
     """
-    global _last_refresh
     import time
 
+    j = journal()
     now = time.time()
-    if not force and now - _last_refresh < REFRESH_EVERY:
+    if not force and now - j.refreshed < REFRESH_EVERY:
         return
-    _last_refresh = now
-    refresh_jobs(journal().active())
+    j.refreshed = now
+    refresh_jobs(j.active())
 
 
 def refresh_jobs(records: list[JobRecord],

@@ -124,6 +124,8 @@ class Journal:
     def __init__(self, path: str):
         self.path = path
         self._local = threading.local()
+        #: when this process last brought the active jobs up to date (api.refresh_active)
+        self.refreshed = 0.0
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         try:
             with self._conn() as c:
