@@ -140,18 +140,16 @@ class Workdir:
         if not doc:
             return None
         wd = cls(doc, paths, key)
+        # as in the kernel: the working directory is the first place imports look, then the
+        # local modules (``python -m`` put the directory the job started in first)
+        if sys.path and sys.path[0] in ("", os.getcwd(), paths.dir):
+            del sys.path[0]
         if doc.get("mode") == "shared":
             wd._enter_shared()
         else:
             wd._enter_staged()
-        started_in = os.getcwd()
         os.chdir(wd.cwd)
-        # as in the kernel: the working directory is the first place imports look (``python -m``
-        # put the directory the job started in there)
-        if sys.path and sys.path[0] in ("", started_in, paths.dir):
-            sys.path[0] = wd.cwd
-        else:
-            sys.path.insert(0, wd.cwd)
+        sys.path.insert(0, wd.cwd)
         manifest["cell"] = rewrite_source(manifest["cell"], wd.rewrite)
         return wd
 
