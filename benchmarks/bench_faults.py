@@ -14,6 +14,9 @@ is what tests/test_faults.py asserts (and writes to test-artifacts/fault-matrix.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import statistics
 import sys
@@ -50,13 +53,17 @@ def main() -> None:
     from shells import new_shell
 
     sh = new_shell()
-    sh.run_cell("%%cluster floor\nwarm = 1")
-    sh.run_cell("%%cluster flaky\nwarm = 1")
+    sh.run_cell("%%cluster floor\nwarm = 1", silent=True)
+    sh.run_cell("%%cluster flaky\nwarm = 1", silent=True)
     from clusterjupyter.backends import backend_for
 
     backend_for("flaky").transport.inner.backoff = 0.02
-    floor = [faultmatrix.run_cell(sh, "floor", i, ran) for i in range(args.floor)]
-    cells = [faultmatrix.run_cell(sh, "flaky", 10_000 + i, ran) for i in range(args.cells)]
+    # the cells' own output, and paramiko's complaints about the sockets cut under it, are not
+    # part of the table
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        floor = [faultmatrix.run_cell(sh, "floor", i, ran) for i in range(args.floor)]
+        cells = [faultmatrix.run_cell(sh, "flaky", 10_000 + i, ran) for i in range(args.cells)]
 
     print(f"fault matrix: {args.cells} cells, local scheduler over the loopback sshd, "
           f"rate {args.rate} per operation, seed {args.seed}\n")
