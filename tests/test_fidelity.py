@@ -223,3 +223,161 @@ def test_star_import_binds_the_kernels_own_objects(shell):
     ns = shell.user_ns
     assert ns["job"] != os.getpid() and ns["linspace"] is numpy.linspace
     assert ns["sin"] is numpy.sin and ns["ndarray"] is numpy.ndarray
+
+
+# -- kernel settings travel --------------------------------------------------------------------
+
+def test_matplotlib_settings_and_style_travel(shell):
+    pytest.importorskip("matplotlib")
+    ok(shell, "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n"
+              "plt.style.use('ggplot')\nplt.rcParams['figure.figsize'] = (3.0, 2.0)\n"
+              "from matplotlib_inline.backend_inline import InlineBackend\n"
+              "InlineBackend.instance().figure_formats = {'svg'}")
+    try:
+        with capture_output() as cap:
+            ok(shell, "%%cluster\nimport os\nimport matplotlib.pyplot as plt\n"
+                      "fig = plt.figure()\nseen = (tuple(fig.get_size_inches()), "
+                      "plt.rcParams['axes.facecolor'], plt.get_backend(), os.getpid())\n"
+                      "plt.close(fig)")
+        size, face, backend, pid = shell.user_ns["seen"]
+        assert size == (3.0, 2.0) and face == "#E5E5E5" and pid != os.getpid()
+        assert backend == "agg" and cap.outputs == []   # the kernel shows no figures either
+        # with the inline backend, figures come in the kernel's format (svg)
+        ok(shell, "matplotlib.use('module://matplotlib_inline.backend_inline')")
+        with capture_output() as cap:
+            ok(shell, "%%cluster\nplt.plot([1, 2]);")
+        assert [sorted(o.data) for o in cap.outputs] == [["image/svg+xml", "text/plain"]]
+        assert cap.outputs[0].data["text/plain"] == "<Figure size 300x200 with 1 Axes>"
+    finally:
+        ok(shell, "plt.style.use('default')\nInlineBackend.instance().figure_formats = {'png'}")
+
+
+def test_pandas_and_numpy_display_options_travel(shell):
+    pytest.importorskip("pandas")
+    ok(shell, "import numpy as np\nimport pandas as pd\nnp.set_printoptions(precision=2)\n"
+              "pd.set_option('display.width', 5000)\npd.set_option('display.max_rows', 4)")
+    try:
+        ok(shell, "%%cluster\nimport numpy as np, pandas as pd\ntext = repr(np.array([1 / 3]))\n"
+                  "opts = (pd.get_option('display.width'), pd.get_option('display.max_rows'))\n"
+                  "shown = repr(pd.Series(range(10)))")
+        assert shell.user_ns["text"] == "array([0.33])"
+        assert shell.user_ns["opts"] == (5000, 4) and "Length: 10" in shell.user_ns["shown"]
+    finally:
+        ok(shell, "np.set_printoptions(precision=8)\npd.reset_option('display.width')\n"
+                  "pd.reset_option('display.max_rows')")
+
+
+def test_warning_filters_sys_path_and_environment_travel(shell, tmp_path, monkeypatch):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "fidmod_cj.py").write_text("WHERE = 'lib'\n")
+    monkeypatch.syspath_prepend(str(lib))
+    monkeypatch.setenv("CJ_FID_SETTING", "from-the-kernel")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="stop here")
+        r = run(shell, "%%cluster\nimport fidmod_cj, os\nfound = (fidmod_cj.WHERE, "
+                       "os.environ['CJ_FID_SETTING'])\nimport warnings\n"
+                       "warnings.warn('stop here')\nafter = 1")
+    assert isinstance(r.error_in_exec, UserWarning) and "after" not in shell.user_ns
+    assert shell.user_ns["found"] == ("lib", "from-the-kernel")
+    rec = api.list_jobs(limit=1)[0]
+    doc = json.loads(open(JobPaths.from_dir(rec.job_dir).manifest).read())["context"]
+    assert doc["env"]["set"]["CJ_FID_SETTING"] == "from-the-kernel"
+    assert str(lib) in doc["sys_path"]
+    assert ["error", "stop here", "builtins:Warning", "", 0] in doc["warnings"]
+
+
+def test_the_context_is_small_and_made_of_differences():
+    pytest.importorskip("pandas")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from clusterjupyter import context
+
+    plain = context.collect()
+    assert "matplotlib" not in plain or not plain["matplotlib"].get("rc")
+    with plt.style.context("ggplot"), pd.option_context("display.width", 5000):
+        np.set_printoptions(precision=3)
+        try:
+            doc = context.collect()
+        finally:
+            np.set_printoptions(precision=8)
+    assert len(json.dumps(doc)) < 8192
+    assert doc["pandas"] == {"display.width": 5000} and doc["numpy"] == {"precision": 3}
+    assert "axes.facecolor" in doc["matplotlib"]["rc"] and len(doc["matplotlib"]["rc"]) < 60
+
+
+# -- what cannot travel ---------------------------------------------------------------------------
+
+def test_what_cannot_travel_is_named(shell):
+    import sqlite3  # noqa: F401
+
+    ok(shell, "import sqlite3, socket\ndb = sqlite3.connect(':memory:')\n"
+              "gen = (i for i in range(3))\nsock = socket.socket()")
+    try:
+        r = run(shell, "%%cluster\nrows = [db, gen, sock]")
+        from clusterjupyter.errors import CaptureError
+
+        assert isinstance(r.error_in_exec, CaptureError)
+        assert set(r.error_in_exec.problems) == {"db", "gen", "sock"}
+        assert api.list_jobs() == []
+        from clusterjupyter.jobs import UnpicklableOutputWarning
+
+        with pytest.warns(UnpicklableOutputWarning, match="conn") as caught:
+            ok(shell, "%%cluster\nimport sqlite3\nconn = sqlite3.connect(':memory:')\nkept = 3")
+        assert len(caught) == 1 and shell.user_ns["kept"] == 3
+    finally:
+        ok(shell, "sock.close()\ndb.close()")
+
+
+# -- a real kernel -----------------------------------------------------------------------------
+
+def test_real_kernel_shows_outputs_in_the_kernels_order(tmp_path):
+    pytest.importorskip("matplotlib")
+    from jupyter_client import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path), env={**os.environ,
+                                            "CLUSTERJUPYTER_HOME": str(tmp_path / "cj")})
+    kc = km.blocking_client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+
+        def cell(code: str) -> list[tuple[str, object]]:
+            out: list[tuple[str, object]] = []
+
+            def hook(msg: dict) -> None:
+                kind, content = msg["msg_type"], msg["content"]
+                if kind == "stream":
+                    out.append((content["name"], content["text"]))
+                elif kind in ("display_data", "execute_result"):
+                    data = content["data"]
+                    if any(m.startswith("image/") for m in data) or kind == "execute_result":
+                        out.append((kind, sorted(data)))
+                elif kind == "error":
+                    out.append(("error", (content["ename"], plain("\n".join(
+                        content["traceback"])))))
+
+            kc.execute_interactive(code, output_hook=hook, timeout=120)
+            return out
+
+        cell("%load_ext clusterjupyter\nimport os\nkernel_pid = os.getpid()")
+        code = ("import matplotlib.pyplot as plt\nprint('before')\n"
+                "plt.plot([1, 2])")
+        plain_cell = cell(code)
+        assert [k for k, _ in plain_cell] == ["stdout", "execute_result", "display_data"]
+        assert cell("%%cluster\nimport os\njob_pid = os.getpid()\n" + code) == plain_cell
+        assert cell("print(job_pid != kernel_pid)") == [("stdout", "True\n")]
+        cell("%config InlineBackend.figure_format = 'svg'")
+        assert cell("%%cluster\nplt.plot([1, 2]);\nplt.show()") == \
+            [("display_data", ["image/svg+xml", "text/plain"])]
+        assert cell("%%cluster\n!echo hi") == cell("!echo hi") == [("stdout", "hi\r\n")]
+        cell("def f(x):\n    return 1 / x")
+        (kind, (ename, tb)), = cell("%%cluster\nf(0)")
+        assert kind == "error" and ename == "ZeroDivisionError"
+        assert "run_cell_magic" not in tb and ", in f(x)" in tb and "return 1 / x" in tb
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
