@@ -316,6 +316,11 @@ class Monitor:
         files = [p for t in tracked for p in (t.paths.started, t.paths.state)]
         present = self.transport.watch(files)
         exits = {t.record.id: self._read_exit(t) for t in tracked if t.paths.state in present}
+        for t in tracked:
+            if needs_scheduler(exits.get(t.record.id, (None, ""))[0], t.cancel_requested):
+                # a runner stopped by a signal: a cancel another process asked for explains it
+                latest = self.journal.get(t.record.id)
+                t.cancel_requested = latest is not None and latest.reason == CANCEL_REQUESTED
         now = time.time()
         periodic = force_query or now >= self._next_query
         ask = [t for t in tracked if t.record.native_id and (periodic or (

@@ -124,7 +124,9 @@ def finished_job(shell, cell: str = "loot = list(range(5))"):
     job = ok(shell, f"%%cluster --async\n{cell}")
     assert job.wait(60) is JobState.COMPLETED
     p = JobPaths.from_dir(job.record.job_dir)
-    entry = json.loads(open(p.result).read())["values"]["loot"]
+    values = json.loads(open(p.result).read())["values"]
+    # the blob that carries `loot` (on its own, or in the group of values pickled together)
+    entry = values.get("loot") or next(e for e in values.values() if "file" in e)
     return job, p, os.path.join(p.outputs, entry["file"]), entry
 
 
@@ -211,6 +213,14 @@ def test_a_huge_exception_message_is_not_mistaken_for_a_forged_exit_file(shell):
     assert isinstance(r.error_in_exec, ValueError) and len(str(r.error_in_exec)) == 100000
     rec = api.list_jobs(limit=1)[0]
     assert rec.state is JobState.FAILED and not rec.reason.startswith(INTEGRITY)
+
+
+def test_a_cancel_from_another_process_is_the_kernels_word_too(shell):
+    job = sleeper(shell, "remote-cancel")
+    subprocess.run([sys.executable, "-c", "import sys\nfrom clusterjupyter import api\n"
+                    "api.cancel_job(sys.argv[1])", job.id], check=True, env=dict(os.environ))
+    assert job.wait(30) is JobState.CANCELLED
+    assert job.record.reason == "cancelled by the user"
 
 
 # -- 7: clear errors instead of raw exceptions ----------------------------------------------------
