@@ -8,6 +8,7 @@ faults call for, every error one clear line. The matrix goes to test-artifacts/.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,50 @@ def test_fault_matrix(flaky):
     bad = [(c.index, c.faults, c.problems) for c in cells if c.problems]
     assert bad == []
     assert sum(c.outcome == "completed" for c in cells) > n // 2
+
+
+# -- a lost submission answer on the real SLURM, over SSH ---------------------------------------
+
+@pytest.fixture(scope="module")
+def slurm_flaky(tmp_path_factory):
+    from helpers import (close_shell_and_backends, ensure, make_env, new_module_shell,
+                         ssh_profile)
+
+    clusters = ensure("slurm", "sshd")
+    ssh, slurm = clusters["ssh"], clusters["slurm"]
+    remote = tmp_path_factory.mktemp("faults-slurm")
+    res = {"partition": slurm["partition"], "time": "10m", "mem": "300M"}
+    env, mp = make_env(tmp_path_factory, "faults-slurm", {"lossy": ssh_profile(
+        ssh, remote / "work", scheduler="slurm", resources=res,
+        faults={"rate": 1.0, "seed": 1, "kinds": ["lost_answer"]})})
+    yield new_module_shell()
+    from clusterjupyter import api
+
+    left = [r.native_id for r in api.list_jobs() if r.native_id and not r.state.final]
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True)
+    close_shell_and_backends()
+    mp.undo()
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_sbatch_whose_answer_is_lost_submits_one_job(slurm_flaky):
+    """Every submission's answer is lost after sbatch ran (the connection is cut): asking
+    again must find the same SLURM job, never submit a second one."""
+    import uuid
+
+    from clusterjupyter.backends import backend_for
+    from shells import ok
+
+    sh = slurm_flaky
+    for i in range(3):
+        name = f"cj-lost-{uuid.uuid4().hex[:8]}"
+        before = backend_for("lossy").transport.connects
+        job_id, value = ok(sh, f"%%cluster lossy --name {name}\nimport os\n"
+                               f"(os.environ['SLURM_JOB_ID'], {i})")
+        out = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}",
+                              "--format=%i"], capture_output=True, text=True, check=True)
+        assert value == i and out.stdout.split() == [job_id]   # one job, the one that ran
+        assert backend_for("lossy").transport.connects > before   # the answer was really lost
+    assert backend_for("lossy").transport.plan.counts()["lost_answer"] == 3
