@@ -23,7 +23,8 @@ from clusterjupyter.schedulers.kubernetes import KubernetesScheduler
 from clusterjupyter.schedulers.local import LocalScheduler
 from clusterjupyter.schedulers.pbs import (PBSScheduler, parse_qstat, parse_qstat_full,
                                            parse_qstat_xml)
-from clusterjupyter.schedulers.sge import SGEScheduler, parse_qacct
+from clusterjupyter.schedulers.sge import (SGEScheduler, error_reason, parse_qacct,
+                                           parse_qstat_jobs)
 from clusterjupyter.schedulers.slurm import (SlurmScheduler, job_name, merged, native_status,
                                              needs_accounting, parse_queue, parse_sacct,
                                              parse_squeue, stderr_path)
@@ -69,6 +70,19 @@ def test_golden_hostile_values_stay_inert():
     assert directives[0] == "#SBATCH --job-name=x___touch__tmp_pwned___id___id___SBATCH_--wrap=id"
     assert '#SBATCH --output="/home/a b/.cj/jobs/' + JOB + '/scheduler.log"' in directives
     assert not any("--wrap" in d for d in directives[1:])
+
+
+@pytest.mark.parametrize("cls,extra", [
+    (PBSScheduler, {"constraint": "bigmem,ib", "directives": ["-m n"]}),
+    (SGEScheduler, {"directives": ["-l scratch=10G"]}),
+])
+def test_golden_pbs_and_grid_engine_scripts(cls, extra):
+    s = spec(time="90m", mem="6G", cpus=4, gpus="1", partition="batch", account="proj-7",
+             **extra)
+    s.prelude = ["module load python/3.11"]
+    s.env = {"OMP_NUM_THREADS": "4", "TOKEN_HINT": "a b$c"}
+    check_golden(f"{cls.name}_all_options.sh", cls(LocalTransport(), {"pe": "mpi"}
+                                                   if cls is SGEScheduler else {}).render(s))
 
 
 def test_gpus_style_and_invalid_values():
@@ -449,3 +463,43 @@ def test_torque_wrappers_recorded():
     assert queued.state is _S.PENDING and queued.reason == "queued"
     assert sched.parse_job_id(recorded("pbs_qsub.txt")) == "43"
     assert parse_qstat(recorded("pbs_qstat_unknown.txt").rsplit("exit", 1)[0]) == []
+
+
+def test_grid_engine_recorded():
+    """qstat -xml with running, starting, queued and held jobs; qacct records of a job that
+    exited 0, one deleted with qdel while running, one killed at its h_rt limit."""
+    sched = SGEScheduler(LocalTransport())
+    jobs = {j["JB_job_number"]: j for j in parse_qstat_jobs(recorded("sge_qstat_xml.txt"))}
+    assert set(jobs) == {"13", "14", "15", "16"}
+    running, held, starting, queued = (sched._listed(jobs[i]) for i in ("13", "14", "15", "16"))
+    assert (running.state, running.host, running.native) == (_S.RUNNING, "vm", "r")
+    assert starting.state is _S.RUNNING and starting.reason == "being started"
+    assert held.state is _S.PENDING and held.reason.startswith("held")
+    assert queued.state is _S.PENDING and queued.reason == "queued"
+    [ok] = parse_qacct(recorded("sge_qacct_ok.txt"))
+    assert sched.finished(ok).state is _S.COMPLETED and sched.finished(ok).host == "vm"
+    [deleted] = parse_qacct(recorded("sge_qacct_qdel.txt"))
+    st = sched.finished(deleted)
+    assert st.state is _S.CANCELLED and st.exit_code == 137 and "qdel" in st.reason
+    [timeout] = parse_qacct(recorded("sge_qacct_timeout.txt"))
+    st = sched.finished(timeout)
+    assert st.state is _S.TIMEOUT and "h_rt" in st.reason
+    assert parse_qacct(recorded("sge_qacct_unknown.txt")) == []
+    assert sched.parse_job_id(recorded("sge_qsub.txt")) == "13"
+    assert error_reason("job_number: 9\nerror reason    1:      can't chdir to /nope\n") == \
+        "can't chdir to /nope"
+
+
+def test_pbs_pro_says_when_a_job_can_never_run():
+    text = """Job Id: 9002.pbs01
+    Job_Name = cell-2
+    job_state = Q
+    comment = Can Never Run: Insufficient amount of queue resource: ncpus (R: 64 A: 8 T: 8)
+
+Job Id: 9003.pbs01
+    job_state = Q
+    comment = Not Running: Insufficient amount of resource: ncpus (R: 4 A: 0 T: 8)
+"""
+    never, waiting = (PBSScheduler(LocalTransport()).native(j) for j in parse_qstat(text))
+    assert never.never and never.state is _S.PENDING and "ncpus (R: 64" in never.reason
+    assert not waiting.never and waiting.reason == "queued"

@@ -1,8 +1,7 @@
-"""SLURM scheduler: golden job scripts, tables, and cells on the project's real one-node SLURM,
-from the login node (local transport) and over SSH (scripts/testclusters.sh).
-
-The slow time-limit job is submitted ``--async`` when the module starts and checked by the last
-test, so its minute overlaps the other tests.
+"""SLURM scheduler: cells on the project's real one-node SLURM, from the login node (local
+transport) and over SSH (scripts/testclusters.sh). The scenarios every batch scheduler shares
+are in test_scenarios.py; golden scripts, tables and parsers on recorded output in
+test_schedulers.py.
 """
 
 from __future__ import annotations
@@ -76,10 +75,6 @@ def env(tmp_path_factory, clusters):
 @pytest.fixture(scope="module")
 def sh(env):
     shell = new_module_shell()
-    # the one slow job (time limit: about a minute) starts now and is checked at the end
-    ok(shell, "%%cluster slurm --async --time 1 --mem 100M --name cj-timeout "
-                     "--job timeout_job\n"
-              "import time\ntime.sleep(120)\nnever = 1")
     yield shell
 
 
@@ -171,6 +166,23 @@ def test_no_injection_through_names_and_options(sh, env, tmp_path):
 
 
 @pytest.mark.slurm
+def test_refusals_say_why_in_one_line(sh, env):
+    before = len(api.list_jobs())
+    r = run(sh, "%%cluster slurm --time 99999999999999999999\n1")
+    assert isinstance(r.error_in_exec, UsageError), repr(r.error_in_exec)
+    assert "at most 366 days" in str(r.error_in_exec)
+    assert len(api.list_jobs()) == before          # refused before anything was submitted
+    for option, said in (("--mem 99999999T", "Memory specification can not be satisfied"),
+                         ("--constraint nosuchfeature", "Invalid feature specification")):
+        r = run(sh, f"%%cluster slurm {option}\n1")
+        err = str(r.error_in_exec)
+        assert isinstance(r.error_in_exec, UsageError), repr(r.error_in_exec)
+        assert f"sbatch: error: {said}" in err or said in err, err
+        assert "(sbatch --parsable " in err and "\n" not in err and "mkdir" not in err, err
+        assert last_job().state is JobState.FAILED
+
+
+@pytest.mark.slurm
 def test_scancel_from_outside_cancels_the_cell(sh, env):
     submitted = time.time()
 
@@ -221,24 +233,6 @@ def test_memory_limit_gives_out_of_memory(sh, env):
     assert isinstance(err, JobFailedError), repr(err)
     assert last_job().state is JobState.OUT_OF_MEMORY and "--mem" in err.reason
     assert "exceeded memory limit" in err.log_tail
-
-
-@pytest.mark.slurm
-def test_queue_hold_and_release(sh, env):
-    from clusterjupyter.backends import backend_for
-
-    ok(sh, "%%cluster slurm --async --directive=--begin=now+3600 --name cj-held --job held\n"
-           "h = 1")
-    job = sh.user_ns["held"]
-    sched = backend_for("slurm").scheduler
-    mine = wait_for(lambda: [q for q in sched.queue() if q.native_id == job.native_id])
-    assert mine[0].state is JobState.PENDING and mine[0].name == "cj-held"
-    assert "start time" in mine[0].reason and mine[0].user and mine[0].partition == "debug"
-    sched.hold(job.native_id)
-    held = [q for q in sched.queue() if q.native_id == job.native_id][0]
-    assert held.reason.startswith("held by")      # root holds count as an administrator's
-    sched.release(job.native_id)
-    assert job.cancel() is JobState.CANCELLED
 
 
 @pytest.mark.slurm
@@ -322,15 +316,3 @@ def test_connection_cut_during_sbatch_submits_once(sh, env):
     th.join()
     assert backend.transport.connects > before
     assert count_jobs(name) == 1
-
-
-@pytest.mark.slurm
-def test_time_limit_gives_timeout(sh, env):
-    """The job submitted when the module started (``--time 1``, sleeps 120 s)."""
-    job = sh.user_ns["timeout_job"]
-    assert job.wait(150) is JobState.TIMEOUT
-    r = run(sh, f"%cluster result {job.id}")
-    err = r.error_in_exec
-    assert isinstance(err, JobFailedError) and err.state == "timeout", repr(err)
-    assert "time limit" in err.reason
-    assert "never" not in sh.user_ns

@@ -74,6 +74,9 @@ class PBSScheduler(Scheduler):
         "T": "being moved to its execution queue", "M": "moved to another server",
         "S": "suspended", "E": "exiting", "U": "suspended (workstation busy)",
     }
+    #: how a queued job's ``comment`` starts when the scheduler says it can never run (PBS Pro;
+    #: Torque and the SLURM wrappers leave no such word)
+    never_comments: ClassVar[tuple[str, ...]] = ("Can Never Run",)
     #: ``exit_status`` values that are not the script's own exit code: Torque 4–6
     #: (JOB_EXEC_OVERLIMIT_*) and PBS Pro (JOB_EXEC_KILL_*)
     exit_statuses: ClassVar[dict[int, tuple[JobState, str]]] = {
@@ -217,8 +220,10 @@ class PBSScheduler(Scheduler):
         state = self.map_state(word) if word else _S.LOST
         host = attrs.get("exec_host", "").split("+")[0].split("/")[0]
         if not state.final:
-            return NativeStatus(state, self.state_reasons.get(self.letter(word), ""),
-                                native=word, host=host)
+            comment = attrs.get("comment", "").strip()
+            never = state is _S.PENDING and comment.startswith(self.never_comments)
+            reason = comment if never else self.state_reasons.get(self.letter(word), "")
+            return NativeStatus(state, reason, native=word, host=host, never=never)
         code = integer(attrs.get("exit_status"))
         state, reason = self.ended(code, clock_seconds(attrs.get("resource_list.walltime")),
                                    _used(attrs))

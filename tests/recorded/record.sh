@@ -70,8 +70,6 @@ record_sge() {
   "$sge/qacct" -j "$long" > "$here/sge_qacct_qdel.txt" 2>&1
   "$sge/qacct" -j "$tmo" > "$here/sge_qacct_timeout.txt" 2>&1
   "$sge/qacct" -j 99999999 > "$here/sge_qacct_unknown.txt" 2>&1; echo "exit $?" >> "$here/sge_qacct_unknown.txt"
-  "$sge/qsub" -S /bin/sh -o /dev/null -l h_vmem=99999999T ok.sh > "$here/sge_qsub_refused.txt" 2>&1
-  echo "exit $?" >> "$here/sge_qsub_refused.txt"
 }
 
 for what in "${@:-slurm pbs sge}"; do for w in $what; do "record_$w"; done; done
