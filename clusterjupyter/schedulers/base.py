@@ -137,8 +137,8 @@ class Scheduler(abc.ABC):
 
     def render(self, spec: JobSpec) -> str:
         """The job script for ``spec``; every value that reaches the shell is quoted."""
-        template = importlib_resources.files(__package__).joinpath(
-            "templates", self.template_name).read_text()
+        template = (importlib_resources.files(__package__) / "templates"
+                    / self.template_name).read_text()
         lines = [f"{self.directive_prefix} {d}".rstrip() for d in self.directives(spec)] \
             if self.directive_prefix else []
         env = dict(spec.env)
