@@ -30,6 +30,9 @@ from typing import Any
 
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, mac
 
+#: staged files from this size on are hard links to their blob instead of copies (a cell that
+#: changes one in place makes its blob unusable: the blob is removed, and sent again next time)
+LINK_MIN = 8 << 20
 #: directories never staged and never sent back (caches, version control, checkpoints)
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints"})
 
@@ -98,6 +101,20 @@ def _copy_verified(src: str, dst: str, sha256: str, mode: int) -> None:
     os.replace(tmp, dst)
 
 
+def _link_verified(src: str, dst: str, sha256: str, mode: int) -> os.stat_result:
+    """Hard-link the blob ``src`` at ``dst`` once it hashes to ``sha256`` (a copy where links
+    cannot be made); returns the file's status as laid out."""
+    if _sha256(src) != sha256:
+        raise IntegrityError(f"the staged file {dst} was altered; refusing to use it")
+    os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+    try:
+        os.link(src, dst)
+        os.chmod(dst, (mode & 0o777) or 0o600)
+    except OSError:
+        _copy_verified(src, dst, sha256, mode)
+    return os.lstat(dst)
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -131,6 +148,7 @@ class Workdir:
         self.rewrite: dict[str, str] = {}
         self.staged: dict[str, str] = {}          # rel to cwd -> sha256 as laid out
         self.before: dict[str, os.stat_result] = {}
+        self.linked: dict[str, tuple[str, os.stat_result]] = {}   # path -> (blob, status)
 
     @classmethod
     def enter(cls, manifest: dict[str, Any], paths: JobPaths, key: bytes) -> "Workdir | None":
@@ -203,14 +221,37 @@ class Workdir:
         for rel, entry in files.items():
             sha = entry["sha256"]
             check(blob_mac(self.key, self.paths.job_id, sha), entry["mac"], f"staged file {rel}")
-            _copy_verified(self.paths.blob(sha), os.path.join(top, safe_relpath(rel)), sha,
-                           entry.get("mode", 0o600))
+            dst = os.path.join(top, safe_relpath(rel))
+            mode = entry.get("mode", 0o600)
+            if int(entry.get("size", 0)) >= LINK_MIN:
+                st = _link_verified(self.paths.blob(sha), dst, sha, mode)
+                if st.st_nlink > 1:
+                    self.linked[dst] = (self.paths.blob(sha), st)
+            else:
+                _copy_verified(self.paths.blob(sha), dst, sha, mode)
+
+    def _forget_changed_blobs(self) -> None:
+        """A linked file the cell changed in place changed its blob: remove that blob so no
+        job uses it (the kernel sends the file again)."""
+        for path, (blob, st) in self.linked.items():
+            try:
+                now = os.lstat(path)
+            except OSError:
+                continue              # removed or renamed away: the blob itself is intact
+            if now.st_ino == st.st_ino and (now.st_size, now.st_mtime_ns) \
+                    != (st.st_size, st.st_mtime_ns):
+                try:
+                    if os.lstat(blob).st_ino == st.st_ino:
+                        os.unlink(blob)
+                except OSError:
+                    pass
 
     def collect(self) -> dict[str, Any]:
         """What to report in the result: files created or changed in the working directory
         (staged mode), those within the return limits linked into ``JOBDIR/files/``."""
         if self.doc.get("mode") == "shared":
             return {}
+        self._forget_changed_blobs()
         max_size = int(self.doc.get("return_limit", 0))
         max_files = int(self.doc.get("return_max_files", 0))
         changed: list[tuple[str, os.stat_result]] = []

@@ -236,6 +236,21 @@ def test_unchanged_file_is_not_sent_again(sh, ssh_env, project):
 
 
 @pytest.mark.ssh
+def test_a_large_staged_file_changed_in_place_is_sent_again(sh, ssh_env, project):
+    import hashlib
+
+    big = project / "big.dat"
+    big.write_bytes(b"\1" * (9 << 20))         # large: laid out as a link to its blob
+    blob = ssh_env.remote / "work" / "blobs" / hashlib.sha256(big.read_bytes()).hexdigest()
+    ok(sh, "%%cluster far\nopen('big.dat', 'ab').write(b'+')")
+    assert big.stat().st_size == (9 << 20) + 1      # came back
+    assert not blob.exists()                        # the changed blob is never used again
+    big.write_bytes(b"\1" * (9 << 20))
+    ok(sh, "%%cluster far\nsize = len(open('big.dat', 'rb').read())")
+    assert sh.user_ns["size"] == 9 << 20 and blob.exists()
+
+
+@pytest.mark.ssh
 def test_a_local_file_changed_meanwhile_is_not_overwritten(sh, ssh_env, project):
     log = project / "log.txt"
     log.write_text("start\n")
