@@ -252,3 +252,14 @@ def test_time_limit_ends_the_job_as_timeout(shell, cluster):
     rec = last_job()
     assert rec.state is JobState.TIMEOUT and cluster.timeout_says in rec.reason
     assert rec.finished - rec.started < 150
+
+
+def test_a_refusal_is_one_line_with_the_scheduler_message(shell, cluster):
+    """The submit command refuses an unknown queue: the cell's error is the scheduler's own
+    message and the command, on one line (not the wrapper that submits exactly once)."""
+    r = run(shell, f"%%cluster {cluster.name} --partition nosuchqueue\nv = 1")
+    err = str(r.error_in_exec)
+    assert "nosuchqueue" in err and "\n" not in err and "mkdir" not in err, err
+    program = "sbatch" if cluster.name == "slurm" else "qsub"
+    assert re.search(rf"\({re.escape(program)}|/{program} ", err), err
+    assert "v" not in shell.user_ns and last_job().state is JobState.FAILED
