@@ -122,7 +122,9 @@ def verify_exit(key: bytes, job_id: str, data: bytes) -> dict:
         if isinstance(doc, dict) and doc.get("reason"):
             # a runner that could not read the secret writes its reason unsigned
             said = f" (unverified, it says: {str(doc['reason'])[:300]})"
-        raise IntegrityError(f"the exit file state.json is not signed{said}")
+        raise IntegrityError(f"the exit file state.json is not signed{said}; if the cluster "
+                             "runs an older clusterjupyter, ship the runner (ship_runner = true) "
+                             "or install the same version there")
     got = doc.pop("mac")
     check(mac(key, b"exit", job_id, json.dumps(doc, sort_keys=True)), got, "the exit file")
     return doc
