@@ -310,3 +310,26 @@ def test_time_limit_is_a_timeout_every_time_even_with_another_watcher(shell, cj_
     finally:
         poller.kill()
         poller.wait()
+
+
+def test_time_limit_is_a_timeout_in_a_real_kernel_too(cj_home):
+    from jupyter_client.manager import start_new_kernel
+
+    poller = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom clusterjupyter import api\nwhile True:\n"
+         "    api.refresh_active(force=True)\n    time.sleep(0.2)"], env=dict(os.environ))
+    km, kc = start_new_kernel(kernel_name="python3", env=dict(os.environ))
+    try:
+        kc.execute_interactive("%load_ext clusterjupyter", timeout=60)
+        for _ in range(3):
+            kc.execute_interactive("%%cluster --time 2s\nimport time\ntime.sleep(60)",
+                                   timeout=120)
+            rec = api.list_jobs(limit=1)[0]
+            assert rec.state is JobState.TIMEOUT, rec.reason
+        assert len(api.list_jobs()) == 3
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        poller.kill()
+        poller.wait()
+
