@@ -284,6 +284,8 @@ def main() -> None:
                 ssh_mod.PREFERRED_CIPHERS = saved
             print(f"{cipher:<48} {secs:7.2f} {mib / secs:7.0f}")
 
+    from clusterjupyter.transports.ssh.commands import run_in_channel
+
     conn = t.connection()
     shell_t, chan_t = [], []
     for _ in range(10):
@@ -291,7 +293,7 @@ def main() -> None:
         t.run(["true"])
         shell_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        t._exec_channel(conn, ["true"], None, 60, None)
+        run_in_channel(conn, ["true"], None, 60, None)
         chan_t.append(time.perf_counter() - t0)
     print(f"\n{'one remote command (true)':<48} {'ms':>7}")
     print(f"{'  persistent shell (run)':<48} {statistics.median(shell_t) * 1000:7.1f}")

@@ -34,7 +34,7 @@ def run_command(conn: Connection, argv: list[str], input: bytes | None,
             log.info("clusterjupyter: no persistent shell on %s; one channel per command",
                      conn.target.where)
             conn.no_shell = True
-    return _exec_channel(conn, argv, input, timeout, deadline)
+    return run_in_channel(conn, argv, input, timeout, deadline)
 
 
 def _in_shell(conn: Connection, argv: list[str], timeout: float | None,
@@ -62,8 +62,9 @@ def _timed_out(conn: Connection, argv: list[str], timeout: float | None) -> Tran
                           f"{conn.target.where}: {quote_argv(argv)[:300]}")
 
 
-def _exec_channel(conn: Connection, argv: list[str], input: bytes | None,
-                  timeout: float | None, deadline: float | None) -> Completed:
+def run_in_channel(conn: Connection, argv: list[str], input: bytes | None,
+                   timeout: float | None, deadline: float | None) -> Completed:
+    """Run ``argv`` on an exec channel of its own (the user's login shell starts each time)."""
     chan = conn.open_channel()
     try:
         try:
