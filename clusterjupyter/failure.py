@@ -12,11 +12,11 @@ ended before the journal kept one.
 
 from __future__ import annotations
 
-import signal
 from typing import TYPE_CHECKING, Any
 
 from .jobdir import verify_document, verify_exit
 from .journal import JobRecord
+from . import text
 from .states import JobState
 
 if TYPE_CHECKING:
@@ -29,13 +29,8 @@ MAX_TEXT = 16000
 
 
 def signal_name(number: int | None) -> str:
-    """``SIGTERM`` for 15; empty for None or an unknown number."""
-    if not number:
-        return ""
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    """``SIGTERM`` for 15 (see :func:`.text.signal_name`); empty for None."""
+    return text.signal_name(number) if number else ""
 
 
 def _limit(rec: JobRecord, state: JobState) -> str:
