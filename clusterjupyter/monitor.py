@@ -388,8 +388,11 @@ class Monitor:
         """The verified exit file, or (None, why it does not verify)."""
         try:
             data = self.transport.read_from(t.paths.state, 0, MAX_EXIT_FILE + 1)
-        except OSError as e:
-            return None, f"the exit file state.json cannot be read ({e})"
+        except OSError as e:  # (a passing filesystem hiccup: look again at the next tick)
+            log.info("clusterjupyter: cannot read %s yet: %s", t.paths.state, e)
+            return None, ""
+        if not data:
+            return None, ""   # not there after all (a shared filesystem's stale listing)
         if len(data) > MAX_EXIT_FILE:
             return None, f"the exit file state.json is larger than {MAX_EXIT_FILE} bytes"
         try:
