@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 from ..errors import ClusterError, CommandError
 from ..jobdir import SECRET_ENV
+from ..resources import Resources
 from ..states import JobState
 from ..text import hms
 from ..transports.base import Transport
@@ -126,7 +127,28 @@ class KubernetesScheduler(Scheduler):
         return json.dumps(self.manifest(spec), indent=1, sort_keys=True) + "\n"
 
     def manifest(self, spec: JobSpec) -> dict[str, Any]:
-        res = spec.resources
+        """The ``batch/v1`` Job: one pod, never restarted, deadline from ``--time``."""
+        labels = {LABEL_MANAGED: "clusterjupyter", LABEL_JOB: spec.job_id,
+                  LABEL_USER: _label_value(self._user())}
+        job_spec: dict[str, Any] = {
+            "backoffLimit": 0,                       # a cell runs at most once
+            "ttlSecondsAfterFinished": int(self.options.get("ttl_seconds", 3600)),
+            "template": {"metadata": {"labels": labels}, "spec": self.pod(spec)},
+        }
+        if spec.resources.time:
+            job_spec["activeDeadlineSeconds"] = int(spec.resources.time)
+        return {
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job_name(spec.job_id), "namespace": self.namespace,
+                         "labels": labels,
+                         "annotations": {"clusterjupyter.io/name": spec.name,
+                                         "clusterjupyter.io/job-dir": spec.paths.dir}},
+            "spec": job_spec,
+        }
+
+    def amounts(self, res: Resources) -> dict[str, str]:
+        """Container requests (= limits) for ``res``; what Kubernetes cannot express is
+        refused, naming the profile option to use instead."""
         for what in ("nodes", "partition", "account", "qos", "constraint"):
             if getattr(res, what) and not (what == "nodes" and res.nodes == 1):
                 raise ClusterError(f"kubernetes: --{what} has no Kubernetes equivalent here; "
@@ -145,16 +167,18 @@ class KubernetesScheduler(Scheduler):
                 raise ClusterError(f"kubernetes: --gpus takes a count, not {res.gpus!r}; "
                                    "choose the GPU type with the node_selector option")
             amounts[str(self.options.get("gpu_resource", "nvidia.com/gpu"))] = res.gpus
-        labels = {LABEL_MANAGED: "clusterjupyter", LABEL_JOB: spec.job_id,
-                  LABEL_USER: _label_value(self._user())}
+        return amounts
+
+    def container(self, spec: JobSpec) -> dict[str, Any]:
+        """The runner's container: the key from the Secret, the prelude, then the runner."""
         env: list[dict[str, Any]] = [{"name": "CLUSTERJUPYTER_SECRET", "valueFrom": {
             "secretKeyRef": {"name": self.secret_name, "key": "secret"}}}]
-        for key, value in spec.env.items():
-            env.append({"name": key, "value": value})
+        env += [{"name": key, "value": value} for key, value in spec.env.items()]
         if spec.pythonpath:
             env.append({"name": "PYTHONPATH", "value": spec.pythonpath})
         prelude = "".join(f"{line}\n" for line in spec.prelude)
         python = shlex.split(str(self.options.get("python", "python3")))
+        sub_path = self.options.get("pvc_sub_path")
         container: dict[str, Any] = {
             "name": "cell",
             "image": str(self.options["image"]),
@@ -165,19 +189,24 @@ class KubernetesScheduler(Scheduler):
             "env": env,
             "volumeMounts": [
                 {"name": "work", "mountPath": spec.paths.root,
-                 **({"subPath": str(self.options["pvc_sub_path"])}
-                    if self.options.get("pvc_sub_path") else {})},
+                 **({"subPath": str(sub_path)} if sub_path else {})},
                 {"name": "secret", "mountPath": SECRET_DIR}],
         }
+        amounts = self.amounts(spec.resources)
         if amounts:
             container["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
         if self.options.get("image_pull_policy"):
             container["imagePullPolicy"] = str(self.options["image_pull_policy"])
+        return container
+
+    def pod(self, spec: JobSpec) -> dict[str, Any]:
+        """The pod: the container, the user it runs as, the work claim and the key's memory
+        volume."""
         uid = self.options.get("run_as_user", os.getuid())
         gid = self.options.get("run_as_group", os.getgid())
         pod: dict[str, Any] = {
             "restartPolicy": "Never",
-            "containers": [container],
+            "containers": [self.container(spec)],
             "securityContext": {"runAsUser": int(uid), "runAsGroup": int(gid)},
             "volumes": [
                 {"name": "work", "persistentVolumeClaim": {"claimName": str(self.options["pvc"])}},
@@ -188,21 +217,7 @@ class KubernetesScheduler(Scheduler):
         if self.options.get("node_selector"):
             pod["nodeSelector"] = {str(k): str(v) for k, v in
                                    dict(self.options["node_selector"]).items()}
-        job_spec: dict[str, Any] = {
-            "backoffLimit": 0,                       # a cell runs at most once
-            "ttlSecondsAfterFinished": int(self.options.get("ttl_seconds", 3600)),
-            "template": {"metadata": {"labels": labels}, "spec": pod},
-        }
-        if res.time:
-            job_spec["activeDeadlineSeconds"] = int(res.time)
-        return {
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job_name(spec.job_id), "namespace": self.namespace,
-                         "labels": labels,
-                         "annotations": {"clusterjupyter.io/name": spec.name,
-                                         "clusterjupyter.io/job-dir": spec.paths.dir}},
-            "spec": job_spec,
-        }
+        return pod
 
     @property
     def secret_name(self) -> str:
