@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import sys
 import threading
 from typing import Any, TextIO
 
@@ -70,14 +72,61 @@ def mimebundle(obj: Any) -> tuple[dict, dict]:
     return {k: _jsonable(k, v) for k, v in data.items()}, metadata
 
 
+def _sizes() -> dict[str, int]:
+    at = {}
+    for name, stream, fd in (("stdout", sys.stdout, 1), ("stderr", sys.stderr, 2)):
+        try:
+            stream.flush()
+            at[name] = os.fstat(fd).st_size
+        except (OSError, ValueError):
+            pass
+    return at
+
+
 def publish(data: dict, metadata: dict | None = None) -> None:
-    line = json.dumps({"data": data, "metadata": metadata or {}})
+    """Append one display to the sink, with how much stdout and stderr the job had written
+    by then (so the kernel shows them in the job's order)."""
     with _lock:
         if sink is None:
             print(data.get("text/plain", ""))
             return
+        line = json.dumps({"data": data, "metadata": metadata or {}, "at": _sizes()})
         sink.write(line + "\n")
         sink.flush()
+
+
+_last_stream: list[str] = [""]
+
+
+def stream_written(name: str) -> None:
+    """Called before the job writes to stdout or stderr: when it switches from one to the
+    other, a mark records how much each had, so the kernel interleaves them in order."""
+    if _last_stream[0] == name:
+        return
+    previous, _last_stream[0] = _last_stream[0], name
+    if previous and sink is not None:
+        with _lock:
+            sink.write(json.dumps({"at": _sizes()}) + "\n")
+            sink.flush()
+
+
+class Stream:
+    """A text stream of the job (stdout or stderr) that notes which one is written to."""
+
+    def __init__(self, name: str, raw: Any):
+        self._name = name
+        self._raw = raw
+
+    def write(self, text: str) -> int:
+        stream_written(self._name)
+        return self._raw.write(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 def display(*objs: Any, raw: bool = False, metadata: dict | None = None, **_: Any) -> None:

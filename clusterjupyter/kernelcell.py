@@ -11,11 +11,15 @@ figures the job showed at the end of the cell come after the cell's value, as in
 from __future__ import annotations
 
 import ast
+import codecs
+import json
 import sys
 import types
 from typing import Any, Callable, NoReturn
 
 from IPython.core.error import UsageError
+
+from .jobs import Follower
 
 #: magics a job runs as the kernel would; any other is refused before submission
 JOB_MAGICS = frozenset({
@@ -192,3 +196,57 @@ class CellOutputs:
                 self.publish(data, metadata)
 
         events.register("post_execute", once)
+
+
+class OrderedFollower(Follower):
+    """Follows a job's output in the job's order: a display comes after the stdout and stderr
+    text the job had written before it (each display says how much that was)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.shown = {"stdout": 0, "stderr": 0}
+        self.text = {"stdout": b"", "stderr": b""}
+        self.decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+                         for name in self.text}
+
+    def pump(self) -> bool:
+        t = self.backend.transport
+        # displays first: every stream byte a display was written after is read after it
+        order = ["displays", "stdout", "stderr"]
+        chunks = {}
+        for stream in order:
+            chunk = t.read_from(self.files[stream], self.offsets[stream])
+            if chunk:
+                chunks[stream] = chunk
+                self.offsets[stream] += len(chunk)
+        for name in self.text:
+            self.text[name] += chunks.get(name, b"")
+        for msg in self._messages(chunks.get("displays", b"")):
+            for name, upto in (msg.get("at") or {}).items():
+                if name in self.text:
+                    self._write(name, upto - self.shown[name])
+            if self.publish is not None and "data" in msg:
+                self.publish(msg["data"], msg.get("metadata", {}))
+        for name in self.text:
+            self._write(name, len(self.text[name]))
+        return bool(chunks)
+
+    def _messages(self, chunk: bytes) -> list[dict]:
+        data = self.partial + chunk
+        *lines, self.partial = data.split(b"\n")
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def _write(self, name: str, n: int) -> None:
+        if n <= 0:
+            return
+        piece, self.text[name] = self.text[name][:n], self.text[name][n:]
+        self.shown[name] += len(piece)
+        out = sys.stdout if name == "stdout" else sys.stderr
+        out.write(self.decoders[name].decode(piece))
+        out.flush()

@@ -22,7 +22,7 @@ from . import api
 from .backends import Submission, backend_for
 from .capture import analyze, gather
 from .errors import ClusterError, ProfileError
-from .jobs import (Follower, Job, PushBack, Waiter, failure, interrupted, publish_display, push,
+from .jobs import (Job, PushBack, Waiter, failure, interrupted, publish_display, push,
                    queue, register_source)
 from .failure import empty_log, format_error
 from .journal import JobRecord, format_seconds
@@ -220,7 +220,7 @@ class ClusterMagics(Magics):
             self.pushback.watch(job, status)
             return job
         outputs = kernelcell.CellOutputs(self.shell, publish_display)
-        follower = Follower(backend, rec, outputs)
+        follower = kernelcell.OrderedFollower(backend, rec, outputs)
         try:
             state = Waiter(job, follower, status).run()
         except KeyboardInterrupt:

@@ -549,8 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         "env": {k: os.environ[k] for k in SCHEDULER_ENV if k in os.environ}})
     _redirect(1, paths.stdout)
     _redirect(2, paths.stderr)
-    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stdout = _display.Stream(  # type: ignore[assignment]
+        "stdout", open(1, "w", buffering=1, closefd=False, errors="backslashreplace"))
+    sys.stderr = _display.Stream(  # type: ignore[assignment]
+        "stderr", open(2, "w", buffering=1, closefd=False, errors="backslashreplace"))
     os.environ["MPLBACKEND"] = context.JOB_BACKEND
     _display.sink = open(paths.displays, "a", buffering=1, encoding="utf-8")
     phase = "verifying the job"

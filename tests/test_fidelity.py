@@ -354,7 +354,8 @@ def test_real_kernel_shows_outputs_in_the_kernels_order(tmp_path):
                     out.append((content["name"], content["text"]))
                 elif kind in ("display_data", "execute_result"):
                     data = content["data"]
-                    if any(m.startswith("image/") for m in data) or kind == "execute_result":
+                    status = re.match(r"job [0-9a-f]{8} ", str(data.get("text/plain", "")))
+                    if not status and "application/vnd.jupyter.widget-view+json" not in data:
                         out.append((kind, sorted(data)))
                 elif kind == "error":
                     out.append(("error", (content["ename"], plain("\n".join(
@@ -374,6 +375,12 @@ def test_real_kernel_shows_outputs_in_the_kernels_order(tmp_path):
         assert cell("%%cluster\nplt.plot([1, 2]);\nplt.show()") == \
             [("display_data", ["image/svg+xml", "text/plain"])]
         assert cell("%%cluster\n!echo hi") == cell("!echo hi") == [("stdout", "hi\r\n")]
+        mixed = ("from IPython.display import HTML, display\nimport sys\nprint('a')\n"
+                 "display(HTML('<b>x</b>'))\nprint('b', file=sys.stderr, flush=True)\n"
+                 "print('c')\n'v'")
+        assert cell("%%cluster\n" + mixed) == cell(mixed) == [
+            ("stdout", "a\n"), ("display_data", ["text/html", "text/plain"]), ("stderr", "b\n"),
+            ("stdout", "c\n"), ("execute_result", ["text/plain"])]
         cell("def f(x):\n    return 1 / x")
         (kind, (ename, tb)), = cell("%%cluster\nf(0)")
         assert kind == "error" and ename == "ZeroDivisionError"
