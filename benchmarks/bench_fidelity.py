@@ -209,12 +209,14 @@ def git_head() -> str:
         return "unknown"
 
 
-def write_report(path: Path, body: list[str], history_line: str) -> None:
+def write_report(path: Path, body: list[str], history_line: str, corpus: Path) -> None:
     old = path.read_text().splitlines() if path.exists() else []
     history = [ln for ln in old if ln.startswith("history | ")]
     history.append(history_line)
     head = [f"fidelity report — main commit {git_head()} — "
-            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"one notebook again: CJ_FIDELITY_CORPUS={corpus} python benchmarks/bench_fidelity.py"
+            " ID [--ssh] --keep (executed notebooks kept; ids: --list)", "",
             "history | time (UTC)       | commit     | identical/compared (local) | "
             "over ssh (data notebooks) | time ratio"]
     path.write_text("\n".join(head + history + [""] + body) + "\n")
@@ -222,7 +224,7 @@ def write_report(path: Path, body: list[str], history_line: str) -> None:
 
 # -- main ---------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ids", nargs="*", help="notebook ids (default: all; see --list)")
@@ -246,7 +248,88 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, help="write the table and every difference here "
                     "(a history of totals is kept at its top)")
     args = ap.parse_args(argv)
+    known = [e.id for e in load_manifest()]
+    unknown = [i for i in args.ids if i not in known]
+    if unknown:
+        ap.error(f"unknown notebook(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    return args
 
+
+def make_profiles(args: argparse.Namespace, entries: list[Entry], base: Path,
+                  home: Path) -> list[tuple[str, list[str]]]:
+    """Write the isolated home's profiles.toml; (``%%cluster`` argument, notebook ids) pairs."""
+    config = home / "config" / "profiles.toml"
+    config.parent.mkdir(parents=True)
+    ids = [e.id for e in entries]
+    if args.profile:
+        from clusterjupyter.paths import profiles_path
+
+        if Path(profiles_path()).exists():
+            shutil.copy(profiles_path(), config)
+        return [(args.profile, ids)]
+    if args.ssh:
+        config.write_text(ssh_profile_text("fidssh", base / "remote"))
+        return [("fidssh", ids)]
+    if args.data_over_ssh:
+        config.write_text(ssh_profile_text("fidssh", base / "remote"))
+        return [("", ids), ("fidssh", [e.id for e in entries if e.reads_data])]
+    return [("", ids)]
+
+
+def run_all(entries: list[Entry], corpus: Path, base: Path, profiles: list[tuple[str, list[str]]],
+            env: dict[str, str]) -> dict[str, list[Result]]:
+    by_profile: dict[str, list[Result]] = {p: [] for p, _ in profiles}
+    for e in entries:
+        plain = [run_notebook(e, corpus, base / f"plain{k}", cluster=None, env=env)
+                 for k in (1, 2)]
+        for prof, ids in profiles:
+            if e.id not in ids:
+                continue
+            t0 = time.perf_counter()
+            tag = prof or "local"
+            cl = run_notebook(e, corpus, base / f"cluster-{tag}", cluster=prof, env=env)
+            r = compare(e.id, plain[0], plain[1], cl)
+            by_profile[prof].append(r)
+            print(f"{e.id:28} [{tag}] {r.identical}/{r.compared} identical, {r.excluded} "
+                  f"excluded, {time.perf_counter() - t0:.0f} s"
+                  + (f" ({r.failure})" if r.failure else ""), flush=True)
+    return by_profile
+
+
+LEGEND = [
+    "cells: code cells run; excl: cells whose outputs differ between two plain runs (unseeded "
+    "randomness, time); ratio: summed cell time under %%cluster / plain",
+    "causes: working directory (files not found: the job's directory, staging); magic (a magic "
+    "in the cell); kernel setting (figure size/format, display options); figure/order (figures, "
+    "output order); error form; identity/value (a value differs with no earlier difference); "
+    "cannot travel (expected); cascade (a name bound by an earlier differing cell); other",
+]
+
+
+def report_body(by_profile: dict[str, list[Result]]) -> list[str]:
+    body: list[str] = []
+    for prof, results in by_profile.items():
+        body += table(results, f"%%cluster on {prof or 'local (default profile)'}") + [""]
+    body += LEGEND + [""]
+    for prof, results in by_profile.items():
+        body.append(f"== differences, %%cluster on {prof or 'local'}")
+        body += diff_lines(results) + [""]
+    return body
+
+
+def history_line(by_profile: dict[str, list[Result]]) -> str:
+    def tot(p: str) -> str:
+        i, c, _, _ = totals(by_profile[p])
+        return f"{i}/{c} ({pct(i, c).strip()})"
+    first = next(iter(by_profile))
+    _, _, ps, cs = totals(by_profile[first])
+    ssh_tot = tot("fidssh") if "fidssh" in by_profile and first != "fidssh" else "-"
+    return (f"history | {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} | {git_head():10} |"
+            f" {tot(first):26} | {ssh_tot:25} | {cs / ps if ps else 0:.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     entries = load_manifest()
     if args.list:
         for e in entries:
@@ -254,86 +337,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e.repository}/blob/{e.commit[:10]}/{e.files[0]['path']}")
         return 0
     if args.ids:
-        known = {e.id: e for e in entries}
-        unknown = [i for i in args.ids if i not in known]
-        if unknown:
-            ap.error(f"unknown notebook(s) {', '.join(unknown)}; valid: {', '.join(known)}")
-        entries = [known[i] for i in args.ids]
+        entries = [e for e in entries if e.id in args.ids]
     if args.materialise:
         materialise(entries, args.mirrors, args.corpus)
         return 0
     check_corpus(entries, args.corpus)
 
-    base = Path(tempfile.mkdtemp(prefix="cj-fidelity-"))
-    home = base / "cjhome"
-    (home / "config").mkdir(parents=True)
-    profiles = []
-    if args.profile:
-        src = Path(os.environ.get("CLUSTERJUPYTER_HOME", "")) / "config" / "profiles.toml"
-        if not os.environ.get("CLUSTERJUPYTER_HOME"):
-            from clusterjupyter.paths import profiles_path
-
-            src = Path(profiles_path())
-        if src.exists():
-            shutil.copy(src, home / "config" / "profiles.toml")
-        profiles.append((args.profile, [e.id for e in entries]))
-    elif args.ssh:
-        (home / "config" / "profiles.toml").write_text(ssh_profile_text("fidssh", base / "remote"))
-        profiles.append(("fidssh", [e.id for e in entries]))
-    else:
-        profiles.append(("", [e.id for e in entries]))
-        if args.data_over_ssh:
-            (home / "config" / "profiles.toml").write_text(
-                ssh_profile_text("fidssh", base / "remote"))
-            profiles.append(("fidssh", [e.id for e in entries if e.reads_data]))
-    env = {"CLUSTERJUPYTER_HOME": str(home), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-
     import clusterjupyter
 
+    base = Path(tempfile.mkdtemp(prefix="cj-fidelity-"))
+    home = base / "cjhome"
+    profiles = make_profiles(args, entries, base, home)
+    env = {"CLUSTERJUPYTER_HOME": str(home), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     print(f"clusterjupyter from {Path(clusterjupyter.__file__).parent} (commit {git_head()})",
           flush=True)
-    by_profile: dict[str, list[Result]] = {p: [] for p, _ in profiles}
-    for e in entries:
-        plain = [run_notebook(e, args.corpus, base / f"plain{k}", cluster=None, env=env)
-                 for k in (1, 2)]
-        for prof, ids in profiles:
-            if e.id not in ids:
-                continue
-            t0 = time.perf_counter()
-            tag = prof or "local"
-            cl = run_notebook(e, args.corpus, base / f"cluster-{tag}", cluster=prof, env=env)
-            r = compare(e.id, plain[0], plain[1], cl)
-            by_profile[prof].append(r)
-            print(f"{e.id:28} [{tag}] {r.identical}/{r.compared} identical, {r.excluded} "
-                  f"excluded, {time.perf_counter() - t0:.0f} s"
-                  + (f" ({r.failure})" if r.failure else ""), flush=True)
-
-    body: list[str] = []
-    for prof, _ in profiles:
-        tag = prof or "local (default profile)"
-        body += table(by_profile[prof], f"%%cluster on {tag}") + [""]
-    body.append("cells: code cells run; excl: cells whose outputs differ between two plain runs "
-                "(unseeded randomness, time); ratio: summed cell time under %%cluster / plain")
-    body.append("causes: working directory (files not found: the job's directory, staging); magic "
-                "(a magic in the cell); kernel setting (figure size/format, display options); "
-                "figure/order (figures, output order); error form; identity/value (a value "
-                "differs with no earlier difference); cannot travel (expected); cascade (a name "
-                "bound by an earlier differing cell); other")
-    body.append("")
-    for prof, _ in profiles:
-        body.append(f"== differences, %%cluster on {prof or 'local'}")
-        body += diff_lines(by_profile[prof]) + [""]
+    by_profile = run_all(entries, args.corpus, base, profiles, env)
+    body = report_body(by_profile)
     print("\n".join(body))
     if args.report:
-        def tot(p: str) -> str:
-            i, c, _, _ = totals(by_profile[p])
-            return f"{i}/{c} ({pct(i, c).strip()})"
-        first = profiles[0][0]
-        _, _, ps, cs = totals(by_profile[first])
-        ssh_tot = tot("fidssh") if "fidssh" in by_profile and first != "fidssh" else "-"
-        hist = (f"history | {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} | {git_head():10} |"
-                f" {tot(first):26} | {ssh_tot:25} | {cs / ps if ps else 0:.1f}")
-        write_report(args.report, body, hist)
+        write_report(args.report, body, history_line(by_profile), args.corpus.resolve())
         print(f"report: {args.report}")
     if args.keep:
         print(f"runs kept in {base}")

@@ -149,26 +149,34 @@ def classify(kernel: list[tuple], cluster: list[tuple], source: str,
         return "working directory"
     if _NOPICKLE.search(c_text) and not _NOPICKLE.search(k_text):
         return "cannot travel"
-    new_err = c_err - k_err
-    if new_err:
-        missing = [m for o in cluster if o[0] == "error" for m in _MISSING.findall(str(o[2]))]
-        magics = " ".join(m.group(0) for m in MAGIC_LINE.finditer(source))
-        if missing:
-            name = missing[0]
-            if name in untravelled:
-                return "cannot travel"
-            if any(re.search(rf"\b{re.escape(name)}\b", d) for d in differed):
-                return "cascade"
-            if re.search(rf"\b{re.escape(name)}\b", magics):
-                return "magic"
-            return "other"
-        if "SyntaxError" in k_err or (new_err & {"SyntaxError", "UsageError"} and not magics):
-            return "error form"
-        if re.search(r"enable_gui|magic|UsageError", c_text) or magics:
-            return "magic"
-        return "cascade" if differed else "other"
+    if c_err - k_err:
+        return _classify_error(cluster, c_err - k_err, k_err, c_text, source, differed,
+                               untravelled)
     if k_err != c_err:
         return "error form"
+    return _classify_outputs(kernel, cluster, k_text, c_text, differed)
+
+
+def _classify_error(cluster: list[tuple], new_err: set[str], k_err: set[str], c_text: str,
+                    source: str, differed: list[str], untravelled: Collection[str]) -> str:
+    missing = [m for o in cluster if o[0] == "error" for m in _MISSING.findall(str(o[2]))]
+    magics = " ".join(m.group(0) for m in MAGIC_LINE.finditer(source))
+    if missing:
+        name = re.escape(missing[0])
+        if missing[0] in untravelled:
+            return "cannot travel"
+        if any(re.search(rf"\b{name}\b", d) for d in differed):
+            return "cascade"
+        return "magic" if re.search(rf"\b{name}\b", magics) else "other"
+    if "SyntaxError" in k_err or (new_err & {"SyntaxError", "UsageError"} and not magics):
+        return "error form"
+    if re.search(r"enable_gui|magic|UsageError", c_text) or magics:
+        return "magic"
+    return "cascade" if differed else "other"
+
+
+def _classify_outputs(kernel: list[tuple], cluster: list[tuple], k_text: str, c_text: str,
+                      differed: list[str]) -> str:
     if sorted(kernel) == sorted(cluster):
         return "figure/order"
     k_mimes = [o[2] for o in kernel if o[0] in ("display", "result")]
@@ -178,9 +186,7 @@ def classify(kernel: list[tuple], cluster: list[tuple], source: str,
     if len(k_mimes) == len(c_mimes) and k_flat != c_flat and (k_flat | c_flat) & {
             "image/svg+xml", "image/png", "application/pdf"}:
         return "kernel setting"
-    if "Figure(" in c_text and "Figure(" not in k_text:
-        return "figure/order"
-    if len(k_mimes) != len(c_mimes):
+    if ("Figure(" in c_text and "Figure(" not in k_text) or len(k_mimes) != len(c_mimes):
         return "figure/order"
     for x, y in zip(kernel, cluster, strict=False):
         if x != y and x[0] == y[0] and x[0] in ("display", "result"):
