@@ -168,6 +168,7 @@ def run_notebook(entry: Entry, corpus: Path, root: Path, *, cluster: str | None,
                     run.failure = f"kernel died at cell {i}: {e}"
                     break
                 seconds = time.perf_counter() - t0
+                nb.cells[i].metadata["fidelity_seconds"] = round(seconds, 4)
                 raw = [dict(o) for o in nb.cells[i].outputs]
                 run.cells[i] = CellRun(i, sources[i], normalise(raw, cwd, root), raw, seconds)
                 if run.failure:
@@ -177,6 +178,54 @@ def run_notebook(entry: Entry, corpus: Path, root: Path, *, cluster: str | None,
         os.environ.clear()
         os.environ.update(saved)
     return run
+
+
+def _cell_seconds(cell) -> float:
+    if "fidelity_seconds" in cell.metadata:
+        return float(cell.metadata["fidelity_seconds"])
+    ex = cell.metadata.get("execution", {})
+    try:
+        t0 = dt.datetime.fromisoformat(ex["iopub.status.busy"].replace("Z", "+00:00"))
+        t1 = dt.datetime.fromisoformat(ex["iopub.status.idle"].replace("Z", "+00:00"))
+    except KeyError:
+        return 0.0
+    return (t1 - t0).total_seconds()
+
+
+def load_run(entry: Entry, root: Path, sources: dict[int, str] | None = None) -> Run:
+    """A run again from the executed notebook it left (``--keep``)."""
+    import nbformat
+
+    cwd = root / entry.id
+    path = cwd / "executed.ipynb"
+    run = Run()
+    if not path.exists():
+        run.failure = "not run"
+        return run
+    nb = nbformat.read(path, as_version=4)
+    for i, c in enumerate(nb.cells[:-1]):  # the last one is the setup cell
+        if c.cell_type != "code" or not c.source.strip() or "execution" not in c.metadata:
+            continue
+        raw = [dict(o) for o in c.outputs]
+        src = sources[i] if sources and i in sources else c.source
+        run.cells[i] = CellRun(i, src, normalise(raw, cwd, root), raw, _cell_seconds(c))
+    return run
+
+
+def recompare(entries: list[Entry], base: Path) -> dict[str, list[Result]]:
+    """Compare the runs kept in ``base`` again (after a change to the comparison)."""
+    tags = sorted(p.name.removeprefix("cluster-") for p in base.glob("cluster-*"))
+    tags.sort(key=lambda t: t != "local")
+    by_profile: dict[str, list[Result]] = {("" if t == "local" else t): [] for t in tags}
+    for e in entries:
+        plain = [load_run(e, base / f"plain{k}") for k in (1, 2)]
+        srcs = {i: c.source for i, c in plain[0].cells.items()}
+        for tag in tags:
+            if (base / f"cluster-{tag}" / e.id / "executed.ipynb").exists():
+                cl = load_run(e, base / f"cluster-{tag}", srcs)
+                by_profile["" if tag == "local" else tag].append(
+                    compare(e.id, plain[0], plain[1], cl))
+    return by_profile
 
 
 # -- the SSH profile -----------------------------------------------------------------------------
@@ -245,6 +294,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="also run the notebooks that read data files over the test sshd")
     ap.add_argument("--keep", action="store_true",
                     help="keep the runs' directories (executed.ipynb in each) and print where")
+    ap.add_argument("--recompare", type=Path, metavar="DIR",
+                    help="compare again the runs kept (--keep) in DIR, without running")
     ap.add_argument("--report", type=Path, help="write the table and every difference here "
                     "(a history of totals is kept at its top)")
     args = ap.parse_args(argv)
@@ -341,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.materialise:
         materialise(entries, args.mirrors, args.corpus)
         return 0
+    if args.recompare:
+        return finish(args, recompare(entries, args.recompare), None)
     check_corpus(entries, args.corpus)
 
     import clusterjupyter
@@ -352,14 +405,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"clusterjupyter from {Path(clusterjupyter.__file__).parent} (commit {git_head()})",
           flush=True)
     by_profile = run_all(entries, args.corpus, base, profiles, env)
+    return finish(args, by_profile, base)
+
+
+def finish(args: argparse.Namespace, by_profile: dict[str, list[Result]],
+           base: Path | None) -> int:
     body = report_body(by_profile)
     print("\n".join(body))
     if args.report:
         write_report(args.report, body, history_line(by_profile), args.corpus.resolve())
         print(f"report: {args.report}")
-    if args.keep:
+    if base is not None and args.keep:
         print(f"runs kept in {base}")
-    else:
+    elif base is not None:
         shutil.rmtree(base, ignore_errors=True)
     return 0
 

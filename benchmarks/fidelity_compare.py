@@ -61,6 +61,14 @@ def _plain(data: dict) -> str:
     return "".join(t) if isinstance(t, list) else t
 
 
+def is_status(data: dict) -> bool:
+    """The status line of a ``%%cluster`` cell (text, live widget, or static HTML once done)."""
+    html = data.get("text/html", "")
+    html = "".join(html) if isinstance(html, list) else html
+    return bool(STATUS_RE.match(_plain(data))) and (
+        VIEW_MIME in data or "cj-job-status" in html or set(data) == {"text/plain"})
+
+
 def normalise(outputs: list[dict], cwd: Path, root: Path) -> list[tuple]:
     """One tuple per output in order; consecutive chunks of one stream are joined."""
     out: list[tuple] = []
@@ -77,8 +85,8 @@ def normalise(outputs: list[dict], cwd: Path, root: Path) -> list[tuple]:
             out.append(("result", norm_text(_plain(data), cwd, root), tuple(sorted(data))))
         elif kind == "display_data":
             data = o.get("data", {})
-            if STATUS_RE.match(_plain(data)) and (VIEW_MIME in data or set(data) == {"text/plain"}):
-                continue  # the %%cluster status line
+            if is_status(data):
+                continue
             out.append(("display", norm_text(_plain(data), cwd, root), tuple(sorted(data))))
         elif kind == "error":
             out.append(("error", o.get("ename", ""), norm_text(o.get("evalue", ""), cwd, root)))
