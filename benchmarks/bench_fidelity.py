@@ -352,8 +352,11 @@ LEGEND = [
     "randomness, time); ratio: summed cell time under %%cluster / plain",
     "causes: working directory (files not found: the job's directory, staging); magic (a magic "
     "in the cell); kernel setting (figure size/format, display options); figure/order (figures, "
-    "output order); error form; identity/value (a value differs with no earlier difference); "
-    "cannot travel (expected); cascade (a name bound by an earlier differing cell); other",
+    "output order); error form; identity/value (a value differs: aliasing, views, in-place "
+    "changes); magic refused (refused before submission, by design); cannot travel (expected); "
+    "cascade (a name bound by an earlier differing cell never arrived); other",
+    "not outputs of a cell: the %%cluster status line, the notice that files the job wrote "
+    "came back (a notice of files refused or left behind is kept)",
 ]
 
 

@@ -45,6 +45,18 @@ _ADDR = re.compile(r"0x[0-9a-fA-F]{4,}")
 _TMP = re.compile(r"/tmp/[^\s'\"]+")
 
 
+_FILES_NOTICE = re.compile(r"^clusterjupyter: files from job \w+: ([^\n]*)\n?", re.M)
+
+
+def drop_files_notice(text: str) -> str:
+    """The notice that files a job wrote came back into the working directory is the
+    product's own line, like its status line; a notice of files refused or left behind stays."""
+    def sub(m: re.Match) -> str:
+        parts = m.group(1).split("; ")
+        return "" if all(p.startswith("wrote ") for p in parts) else m.group(0)
+    return _FILES_NOTICE.sub(sub, text)
+
+
 def norm_text(text: str, cwd: Path, root: Path) -> str:
     text = text.replace(str(cwd), "<cwd>").replace(str(root), "<run>")
     text = _SLOWEST.sub("", text)
@@ -75,7 +87,9 @@ def normalise(outputs: list[dict], cwd: Path, root: Path) -> list[tuple]:
     for o in outputs:
         kind = o.get("output_type")
         if kind == "stream":
-            text = norm_text("".join(o.get("text", "")), cwd, root)
+            text = norm_text(drop_files_notice("".join(o.get("text", ""))), cwd, root)
+            if not text:
+                continue
             if out and out[-1][0] == "stream" and out[-1][1] == o["name"]:
                 out[-1] = ("stream", o["name"], out[-1][2] + text)
             else:
@@ -157,12 +171,14 @@ def classify(kernel: list[tuple], cluster: list[tuple], source: str,
         return "working directory"
     if _NOPICKLE.search(c_text) and not _NOPICKLE.search(k_text):
         return "cannot travel"
+    if "cannot run inside %%cluster" in c_text:
+        return "magic refused"
     if c_err - k_err:
         return _classify_error(cluster, c_err - k_err, k_err, c_text, source, differed,
                                untravelled)
     if k_err != c_err:
         return "error form"
-    return _classify_outputs(kernel, cluster, k_text, c_text, differed)
+    return _classify_outputs(kernel, cluster, k_text, c_text)
 
 
 def _classify_error(cluster: list[tuple], new_err: set[str], k_err: set[str], c_text: str,
@@ -183,8 +199,8 @@ def _classify_error(cluster: list[tuple], new_err: set[str], k_err: set[str], c_
     return "cascade" if differed else "other"
 
 
-def _classify_outputs(kernel: list[tuple], cluster: list[tuple], k_text: str, c_text: str,
-                      differed: list[str]) -> str:
+def _classify_outputs(kernel: list[tuple], cluster: list[tuple], k_text: str,
+                      c_text: str) -> str:
     if sorted(kernel) == sorted(cluster):
         return "figure/order"
     k_mimes = [o[2] for o in kernel if o[0] in ("display", "result")]
@@ -202,7 +218,7 @@ def _classify_outputs(kernel: list[tuple], cluster: list[tuple], k_text: str, c_
                 return "kernel setting"
     if [o[0] for o in kernel] != [o[0] for o in cluster]:
         return "figure/order"
-    return "cascade" if differed else "identity/value"
+    return "identity/value"
 
 
 @dataclass
