@@ -258,9 +258,10 @@ def git_head() -> str:
         return "unknown"
 
 
-def write_report(path: Path, body: list[str], history_line: str, corpus: Path) -> None:
+def write_report(path: Path, body: list[str], history_line: str, corpus: Path,
+                 notes: Path | None = None) -> None:
     old = path.read_text().splitlines() if path.exists() else []
-    history = [ln for ln in old if ln.startswith("history | ")]
+    history = [ln for ln in old if ln.startswith("history | ") and "time (UTC)" not in ln]
     history.append(history_line)
     head = [f"fidelity report — main commit {git_head()} — "
             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -268,7 +269,8 @@ def write_report(path: Path, body: list[str], history_line: str, corpus: Path) -
             " ID [--ssh] --keep (executed notebooks kept; ids: --list)", "",
             "history | time (UTC)       | commit     | identical/compared (local) | "
             "over ssh (data notebooks) | time ratio"]
-    path.write_text("\n".join(head + history + [""] + body) + "\n")
+    extra = notes.read_text().splitlines() + [""] if notes and notes.exists() else []
+    path.write_text("\n".join(head + history + [""] + extra + body) + "\n")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -298,6 +300,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="compare again the runs kept (--keep) in DIR, without running")
     ap.add_argument("--report", type=Path, help="write the table and every difference here "
                     "(a history of totals is kept at its top)")
+    ap.add_argument("--notes", type=Path, help="a text put into the report after the history "
+                    "(an analysis of the causes written by hand)")
     args = ap.parse_args(argv)
     known = [e.id for e in load_manifest()]
     unknown = [i for i in args.ids if i not in known]
@@ -416,7 +420,8 @@ def finish(args: argparse.Namespace, by_profile: dict[str, list[Result]],
     body = report_body(by_profile)
     print("\n".join(body))
     if args.report:
-        write_report(args.report, body, history_line(by_profile), args.corpus.resolve())
+        write_report(args.report, body, history_line(by_profile), args.corpus.resolve(),
+                     args.notes)
         print(f"report: {args.report}")
     if base is not None and args.keep:
         print(f"runs kept in {base}")
