@@ -245,6 +245,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
                 result.exception = _rebuild_exception(value, doc.get("exception", {}))
             else:
                 result.values[name] = value
+    order = {name: i for i, name in enumerate(doc.get("order", []))}
+    result.values = dict(sorted(result.values.items(), key=lambda kv: order.get(kv[0], 1 << 30)))
     if "exception" in doc and result.exception is None:
         info = doc["exception"]
         result.exception = RemoteError(info.get("type", "Exception"), info.get("message", ""),

@@ -450,7 +450,7 @@ class Runner:
                 entries[name]["names"] = getattr(blob, "names", [])
         doc: dict[str, Any] = {"job_id": self.paths.job_id, "values": entries,
                                "unpicklable": unpicklable, "mutated": mutated,
-                               "deleted": deleted}
+                               "deleted": deleted, "order": list(values)}
         shell = getattr(self, "shell", None)
         if shell is not None and shell.kernel_magics:
             doc["kernel_magics"] = shell.kernel_magics
