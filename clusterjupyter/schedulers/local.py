@@ -57,7 +57,7 @@ class LocalScheduler(Scheduler):
         if not native_ids:
             return {}
         done = self.call(["ps", "-ww", "-o", "pid=", "-o", "args=", "-p", ",".join(native_ids)],
-                         tolerate=True)
+                         tolerate=True, retry=True)
         alive = {}
         for line in done.stdout.splitlines():
             pid, _, args = line.strip().partition(" ")
@@ -81,7 +81,8 @@ class LocalScheduler(Scheduler):
                 pid, check=False)
 
     def queue(self, all_users: bool = False) -> list[QueueEntry]:
-        done = self.call(["ps", "-ww", "-eo", "pid=,etime=,user=,args="], tolerate=True)
+        done = self.call(["ps", "-ww", "-eo", "pid=,etime=,user=,args="], tolerate=True,
+                         retry=True)
         out = []
         for line in done.stdout.splitlines():
             parts = line.split(None, 3)
