@@ -247,48 +247,57 @@ class Workdir:
                     pass
 
     def collect(self) -> dict[str, Any]:
-        """What to report in the result: files created or changed in the working directory
-        (staged mode), those within the return limits linked into ``JOBDIR/files/``."""
+        """What to report in the result (staged mode): the files the cell created or changed in
+        its working directory. Those within the return limits are linked into ``JOBDIR/files/``
+        (``files``); the others stay where the cell left them (``files_left``), signed the same
+        way, to be fetched later. Each entry: where it is (``at``, relative to the job
+        directory), sha256, size, mode and a MAC bound to the job and its path."""
         if self.doc.get("mode") == "shared":
             return {}
         self._forget_changed_blobs()
         max_size = int(self.doc.get("return_limit", 0))
         max_files = int(self.doc.get("return_max_files", 0))
-        changed: list[tuple[str, os.stat_result]] = []
-        for rel, st in sorted(_scan(self.cwd).items()):
-            old = self.before.get(rel)
-            if old is not None and (old.st_size, old.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-                continue
-            changed.append((rel, st))
-        files: dict[str, Any] = {}
-        left: dict[str, int] = {}
-        total = 0
         os.makedirs(self.paths.files, mode=0o700, exist_ok=True)
+        files: dict[str, Any] = {}
+        left: dict[str, Any] = {}
         unreadable: dict[str, str] = {}
-        for rel, st in changed:
+        total = 0
+        for rel, st in self._changed():
+            fits = total + st.st_size <= max_size and len(files) < max_files
             full = os.path.join(self.cwd, rel)
-            if total + st.st_size > max_size or len(files) >= max_files:
-                left[rel] = st.st_size
-                continue
-            name = f"{len(files)}"
-            dst = os.path.join(self.paths.files, name)
+            at = os.path.join(self.paths.files, str(len(files))) if fits else full
             try:
-                try:
-                    os.link(full, dst)
-                except OSError:
-                    shutil.copyfile(full, dst)
-                sha = _sha256(dst)
+                if fits:
+                    try:
+                        os.link(full, at)
+                    except OSError:
+                        shutil.copyfile(full, at)
+                sha = _sha256(at)
             except OSError as e:          # one unreadable file must not lose the result
                 unreadable[rel] = f"{type(e).__name__}: {e}"
                 continue
-            if self.staged.get(rel) == sha:
-                os.unlink(dst)
-                continue                      # touched, same content
-            total += st.st_size
-            files[rel] = {"file": name, "sha256": sha, "size": st.st_size,
-                          "mode": stat.S_IMODE(st.st_mode) & 0o777,
-                          "mac": file_mac(self.key, self.paths.job_id, rel, sha)}
+            if self.staged.get(rel) == sha:   # touched, same content
+                if fits:
+                    os.unlink(at)
+                continue
+            entry = {"at": os.path.relpath(at, self.paths.dir).replace(os.sep, "/"),
+                     "sha256": sha, "size": st.st_size,
+                     "mode": stat.S_IMODE(st.st_mode) & 0o777,
+                     "mac": file_mac(self.key, self.paths.job_id, rel, sha)}
+            if fits:
+                total += st.st_size
+                files[rel] = entry
+            else:
+                left[rel] = entry
         out: dict[str, Any] = {"files": files}
         if left or unreadable:
             out["files_left"] = {"dir": self.cwd, "files": left, "unreadable": unreadable}
+        return out
+
+    def _changed(self) -> list[tuple[str, os.stat_result]]:
+        out = []
+        for rel, st in sorted(_scan(self.cwd).items()):
+            old = self.before.get(rel)
+            if old is None or (old.st_size, old.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                out.append((rel, st))
         return out

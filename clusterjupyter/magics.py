@@ -41,6 +41,7 @@ SUBCOMMANDS = {
     "logs": "show a job's stdout, stderr or scheduler log",
     "cancel": "cancel a job",
     "result": "push a finished job's outputs into this kernel",
+    "files": "bring back the files a job left on the cluster (over the return limit)",
     "profiles": "list cluster profiles",
     "default": "choose the profile %%cluster uses without a name",
     "script": "show the job script %%cluster would submit",
@@ -375,6 +376,18 @@ class ClusterMagics(Magics):
         register_source(rec.id, rec.cell)
         state = job.wait()
         return self._finish(job, state)
+
+    def _cmd_files(self, rest: str) -> None:
+        from .staging import fetch_left
+
+        job = Job(api.get_job(self._one_arg(rest, "job id")))
+        if not job.backend.has_result(job.record):
+            raise UsageError(f"job {job.id[:8]} has no result (yet): {job.record.state.value}")
+        b = job.backend
+        notice = fetch_left(b.transport, b.paths(job.record), b.key).notice(
+            job.id, b.transport.where, b.name)
+        print(notice or f"job {job.id[:8]} left no files on {b.transport.where}",
+              file=sys.stderr if notice else sys.stdout)
 
     def _cmd_profiles(self, rest: str) -> None:
         profiles = load_profiles()

@@ -610,13 +610,28 @@ class Returned:
         if self.left:
             total = sum(self.left.values())
             parts.append(
-                f"left on {where} ({format_size(total)}, over the return limit; raise "
-                f"return_limit in profile {profile!r}): "
+                f"left on {where} ({format_size(total)}, over the return limit): "
                 + ", ".join(f"{r} ({format_size(s)})" for r, s in self.left.items())
-                + f" in {self.left_dir}")
+                + f" in {self.left_dir}; fetch them with %cluster files {job_id[:8]}, or raise "
+                f"return_limit in profile {profile!r}")
         if not parts:
             return ""
         return f"clusterjupyter: files from job {job_id[:8]}: " + "; ".join(parts)
+
+
+def fetch_left(transport: Any, paths: Any, key: bytes) -> Returned:
+    """Bring back the files a finished job left where it ran (over the return limits), from
+    its signed result, with the same checks as :func:`receive_files`."""
+    from .jobdir import verify_document
+
+    with transport.open(paths.result) as f:
+        data = f.read()
+    with transport.open(paths.result_sig) as f:
+        sig = f.read()
+    doc = verify_document(key, "result", data, sig)
+    if doc.get("job_id") != paths.job_id:
+        raise IntegrityError("result belongs to another job")
+    return receive_files(transport, paths, key, doc.get("files_left", {}).get("files", {}), None)
 
 
 def _confined(cwd: str, rel: str) -> str:
@@ -646,7 +661,7 @@ def receive_files(transport: Any, paths: Any, key: bytes, files: dict[str, Any],
     job_id = paths.job_id
     out = Returned()
     if left:
-        out.left = {str(k): int(v) for k, v in left.get("files", {}).items()}
+        out.left = {str(k): int(v["size"]) for k, v in left.get("files", {}).items()}
         out.left_dir = str(left.get("dir", ""))
         out.refused.update({str(k): f"could not be read where the job ran ({v})"
                             for k, v in left.get("unreadable", {}).items()})
@@ -692,7 +707,7 @@ def _receive_one(transport: Any, paths: Any, entry: dict[str, Any], dest: str, r
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as fout, transport.open(
-                paths.files + "/" + entry["file"]) as fin:
+                paths.dir + "/" + safe_relpath(entry["at"])) as fin:
             while chunk := fin.read(1 << 20):
                 h.update(chunk)
                 fout.write(chunk)

@@ -305,8 +305,14 @@ def test_files_over_the_return_limit_stay_on_the_cluster(sh, ssh_env, project):
     assert (project / "small.txt").read_text() == "s"
     assert not (project / "large.txt").exists()
     assert "return_limit" in cap.stderr and "large.txt" in cap.stderr
-    left = Path(JobPaths.from_dir(last_job().job_dir).work) / "large.txt"
+    rec = last_job()
+    left = Path(JobPaths.from_dir(rec.job_dir).work) / "large.txt"
     assert left.read_text() == "L" * 4000       # nothing is lost
+    assert f"%cluster files {rec.id[:8]}" in cap.stderr
+    with capture_output() as cap:
+        ok(sh, f"%cluster files {rec.id[:8]}")
+    assert (project / "large.txt").read_text() == "L" * 4000
+    assert "wrote large.txt" in cap.stderr
 
 
 @pytest.mark.ssh
