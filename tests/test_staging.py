@@ -268,6 +268,18 @@ def test_a_local_file_changed_meanwhile_is_not_overwritten(sh, ssh_env, project)
 
 
 @pytest.mark.ssh
+def test_files_come_back_after_a_kernel_restart(sh, ssh_env, project):
+    ok(sh, "%%cluster far --async --job j3\nopen('later.txt', 'w').write('after a restart')")
+    job_id = sh.user_ns["j3"].id
+    fresh = new_module_shell()           # the kernel restarted: only the journal knows the job
+    assert "j3" not in fresh.user_ns
+    with capture_output() as cap:
+        ok(fresh, f"%cluster result {job_id[:8]}")
+    assert (project / "later.txt").read_text() == "after a restart"
+    assert "later.txt" in cap.stderr
+
+
+@pytest.mark.ssh
 def test_unchanged_local_file_is_updated(sh, ssh_env, project):
     (project / "counter.txt").write_text("1")
     (project / "results").mkdir()
