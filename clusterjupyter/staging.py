@@ -471,8 +471,10 @@ def make_plan(profile: Any, source: str, values: Mapping[str, Any],
         plan.files[rel] = LocalFile(full, rel, st.st_size, stat.S_IMODE(st.st_mode))
     plan.dirs = [os.path.relpath(d, plan.base).replace(os.sep, "/")
                  for d in [*found, *_parents_of_new_files(named, cwd)] if os.path.isdir(d)]
-    plan.rewrite = {literal: os.path.relpath(full, plan.base).replace(os.sep, "/")
-                    for full, literal in found.items() if os.path.isabs(literal)}
+    staged = {f.local for f in plan.files.values()} | set(found)
+    plan.rewrite = {s: os.path.relpath(os.path.normpath(s), plan.base).replace(os.sep, "/")
+                    for s in [*found.values(), *named]
+                    if os.path.isabs(s) and os.path.normpath(s) in staged}
     for m in mods:
         for rel in m.files:
             full = os.path.join(m.root, rel)

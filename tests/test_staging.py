@@ -116,6 +116,32 @@ def test_candidates_and_literal_rewriting():
                    "b = '/job/work/abs/f.txt'.upper()\n")
 
 
+def test_what_a_staged_job_takes(tmp_path):
+    from clusterjupyter.staging import StagingError, make_plan
+
+    cwd = tmp_path / "nb"
+    (cwd / "data" / "sub").mkdir(parents=True)
+    (cwd / "data" / "sub" / "a.csv").write_text("1")
+    (cwd / "notes.txt").write_text("n")
+    (cwd / "results").mkdir()
+    (tmp_path / "other.txt").write_text("o")
+    far = Profile.from_dict("far", {"host": "hpc", "stage": ["notes.txt"]})
+    src = ("import os\nos.listdir('data')\nopen('../other.txt')\nos.listdir('/tmp')\n"
+           f"os.listdir('.')\nopen({str(tmp_path / 'other.txt')!r})\n"
+           "df.to_csv('results/out.csv')\ncolumn = 'name'\n")
+    plan = make_plan(far, src, {}, {}, cwd=str(cwd))
+    assert plan.staged and plan.base == str(tmp_path)
+    assert sorted(plan.files) == ["nb/data/sub/a.csv", "nb/notes.txt", "other.txt"]
+    assert "nb/results" in plan.dirs and "nb/data" in plan.dirs
+    assert plan.rewrite == {str(tmp_path / "other.txt"): "other.txt"}
+    doc = plan.manifest(b"k" * 32, "job")
+    assert doc["cwd"] == "nb" and doc["files"]["other.txt"]["size"] == 1
+    # the same cell where files are shared takes nothing
+    assert not make_plan(Profile.from_dict("here", {}), src, {}, {}, cwd=str(cwd)).files
+    with pytest.raises(StagingError, match="--stage-limit"):
+        make_plan(far, src, {}, {}, stage_limit="1", cwd=str(cwd))
+
+
 def _as_main(f):
     f.__module__ = "__main__"
     return f
