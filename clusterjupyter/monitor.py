@@ -101,39 +101,48 @@ def decide(f: Facts) -> Decision:
     """The job's next state, given the scheduler's answer, the exit file and the job's age."""
     d = Decision(clocks={"vanished_at": f.vanished_at, "ended_at": f.ended_at,
                          "never_since": f.never_since, "stopped_at": f.stopped_at})
-    native = f.native
-    native_final = native is not None and native.state.final
     if f.forged:
         d.end = (JobState.FAILED, f"{INTEGRITY}: {f.forged}; the job's real end is unknown",
                  None)
-        if f.native_id and not native_final:
+        if f.native_id and not (f.native is not None and f.native.state.final):
             d.cancel = d.end[1]
         return d
     if f.exit is not None:
-        if needs_scheduler(f.exit, f.cancel_requested) and f.native_id and not native_final:
-            # a runner stopped by a signal writes its exit file before the scheduler shows why
-            # (a time limit, memory): give the scheduler a few moments to say so
-            if not f.queried:
-                d.ask = True
-                return d
-            if f.exit.get("signal"):
-                stopped_at = f.stopped_at if f.stopped_at is not None else f.now
-                d.clocks["stopped_at"] = stopped_at
-                if f.now - stopped_at < SIGNAL_GRACE:
-                    d.ask = True
-                    return d
-        d.end = final_state(f.exit, native, f.cancel_requested)
-        return d
+        return _ended(f, d, f.exit)
     if f.started is not None and f.state is JobState.PENDING:
         d.changes.update(state=JobState.RUNNING, reason="", started=f.started)
-    if not (f.queried and f.native_id):
-        return d
+    if f.queried and f.native_id:
+        _scheduler_said(f, d, f.native)
+    return d
+
+
+def _ended(f: Facts, d: Decision, exit: dict[str, Any]) -> Decision:
+    """The runner wrote its exit file: its word, explained by the scheduler when it was stopped."""
+    native_final = f.native is not None and f.native.state.final
+    if needs_scheduler(exit, f.cancel_requested) and f.native_id and not native_final:
+        # a runner stopped by a signal writes its exit file before the scheduler shows why
+        # (a time limit, memory): give the scheduler a few moments to say so
+        if not f.queried:
+            d.ask = True
+            return d
+        if exit.get("signal"):
+            stopped_at = f.stopped_at if f.stopped_at is not None else f.now
+            d.clocks["stopped_at"] = stopped_at
+            if f.now - stopped_at < SIGNAL_GRACE:
+                d.ask = True
+                return d
+    d.end = final_state(exit, f.native, f.cancel_requested)
+    return d
+
+
+def _scheduler_said(f: Facts, d: Decision, native: NativeStatus | None) -> None:
+    """No exit file: what the scheduler's fresh answer means (``d`` is filled in)."""
     if native is None:
         vanished_at = f.vanished_at if f.vanished_at is not None else f.now
         d.clocks["vanished_at"] = vanished_at
         if f.now - vanished_at > VANISH_GRACE:
             d.end = final_state(None, None, f.cancel_requested)
-        return d
+        return
     d.clocks["vanished_at"] = None
     if native.state.final and native.state is not JobState.COMPLETED:
         # killed before the runner could write (timeout, OOM, node failure ...)
@@ -147,19 +156,22 @@ def decide(f: Facts) -> Decision:
         if f.now - ended_at > VANISH_GRACE:
             d.end = final_state(None, native, f.cancel_requested)
     elif native.state is JobState.PENDING and f.state is JobState.PENDING:
-        if native.reason != f.reason and f.reason != CANCEL_REQUESTED:
-            d.changes["reason"] = native.reason
-        never = (f.never_since or f.now) if native.never else None
-        d.clocks["never_since"] = never
-        if never is not None and f.waiters and f.now - never >= NEVER_GRACE:
-            # a blocked cell would wait for ever: say why, and let it go
-            d.end = (JobState.CANCELLED, f"{native.reason}; cancelled, since it could never "
-                     "start", None)
-            d.cancel = native.reason
+        _still_queued(f, d, native)
     elif native.state is JobState.RUNNING and f.state is JobState.PENDING \
             and "state" not in d.changes:
         d.changes.update(state=JobState.RUNNING, reason="", started=f.now, host=native.host)
-    return d
+
+
+def _still_queued(f: Facts, d: Decision, native: NativeStatus) -> None:
+    if native.reason != f.reason and f.reason != CANCEL_REQUESTED:
+        d.changes["reason"] = native.reason
+    never = (f.never_since or f.now) if native.never else None
+    d.clocks["never_since"] = never
+    if never is not None and f.waiters and f.now - never >= NEVER_GRACE:
+        # a blocked cell would wait for ever: say why, and let it go
+        d.end = (JobState.CANCELLED, f"{native.reason}; cancelled, since it could never start",
+                 None)
+        d.cancel = native.reason
 
 
 # -- the loop -----------------------------------------------------------------------------------

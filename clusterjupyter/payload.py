@@ -19,6 +19,7 @@ from .capture import Captured
 from .errors import CaptureError, RemoteError, RemoteTraceback
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
 from .runner import EXCEPTION_KEY, RESULT_KEY
+from .tracebacks import rebuild_traceback
 
 Opener = Callable[[str], Any]
 #: the largest signed document read before its signature is checked
@@ -123,8 +124,6 @@ def _rebuild_exception(payload: Any, info: dict) -> BaseException:
         return RemoteError(info.get("type", "Exception"), info.get("message", ""),
                            info.get("traceback", ""))
     if info.get("frames"):
-        from .kernelcell import rebuild_traceback
-
         return exc.with_traceback(rebuild_traceback(info["frames"]))
     tb_dict = payload.get("traceback")
     if tb_dict:
