@@ -213,18 +213,40 @@ def file_sha256(path: str, st: os.stat_result) -> str:
     return sha
 
 
-def file_blob(f: LocalFile) -> Blob:
-    """A staged file as a blob for the transports (read, or memory-mapped when large)."""
+def _file_parts(f: LocalFile) -> list[memoryview]:
+    """The bytes of a staged file (read, or memory-mapped when large)."""
     if f.size == 0:
-        return Blob([], 0, sha256=f.sha256)
+        return []
     with open(f.local, "rb") as fh:
         if f.size <= _READ_MAX:
             data = fh.read()
             if len(data) != f.size:
                 raise StagingError(f"{f.local} changed while it was being staged")
-            return Blob([memoryview(data)], f.size, sha256=f.sha256)
+            return [memoryview(data)]
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    return Blob([memoryview(mm)], len(mm), sha256=f.sha256)
+    if len(mm) != f.size:
+        raise StagingError(f"{f.local} changed while it was being staged")
+    return [memoryview(mm)]
+
+
+class FileBlob(Blob):
+    """A staged file as a blob for the transports: its address is known (hashed when the plan
+    was made) and its bytes are read only if it is sent (not when the cluster has it)."""
+
+    def __init__(self, f: LocalFile):
+        self._file = f
+        self._parts: list[memoryview] | None = None
+        super().__init__([], f.size, sha256=f.sha256)
+
+    @property  # type: ignore[override]
+    def parts(self) -> list[memoryview]:
+        if self._parts is None:
+            self._parts = _file_parts(self._file)
+        return self._parts
+
+    @parts.setter
+    def parts(self, value: list[memoryview]) -> None:
+        self._parts = value or None
 
 
 # -- local modules ------------------------------------------------------------------------------
@@ -383,8 +405,8 @@ class Plan:
 
     def blobs(self) -> dict[str, Blob]:
         """Every file to send, as blobs keyed by a name of their own."""
-        out = {f"file:{rel}": file_blob(f) for rel, f in self.files.items()}
-        out.update({f"module:{rel}": file_blob(f) for rel, f in self.modules.items()})
+        out: dict[str, Blob] = {f"file:{rel}": FileBlob(f) for rel, f in self.files.items()}
+        out.update({f"module:{rel}": FileBlob(f) for rel, f in self.modules.items()})
         return out
 
     def manifest(self, key: bytes, job_id: str) -> dict[str, Any]:
