@@ -118,6 +118,9 @@ class Backend:
             key = self.key
             if t.shares_filesystem:
                 self._remote_secret = local_paths.secret_path()
+                # another interpreter here may not have this package: it takes the runner too
+                if self.profile.ship_runner and self.profile.python not in (None, sys.executable):
+                    self._pythonpath = self._ship_runner()
             else:
                 self._remote_secret = posixpath.join(self.root, ".secret")
                 try:
@@ -160,8 +163,26 @@ class Backend:
         self.prepare()
         return self.scheduler.render(self.spec("0" * 32, sub))
 
+    def check_environment(self, sub: Submission) -> None:
+        """The environment guard (:mod:`.envguard`): raise EnvironmentMismatch, before anything
+        is written, when the job's interpreter cannot load what the cell needs; print a one-line
+        warning for smaller differences. The interpreter is probed once (cached)."""
+        p = self.profile
+        if p.environment == "off" or p.scheduler == "kubernetes" or (
+                not p.remote and p.python in (None, sys.executable)):
+            return
+        from .envguard import check
+        from .envprobe import interpreter_info
+
+        transport = getattr(self.transport, "inner", self.transport)   # no injected faults
+        info = interpreter_info(transport, p)
+        warning = check(info, sub, self.name, p.interpreter, transport.where)
+        if warning:
+            print(warning, file=sys.stderr)
+
     def submit(self, sub: Submission) -> JobRecord:
         """Send the job and submit it exactly once; the record is in the journal afterwards."""
+        self.check_environment(sub)
         self.prepare()
         job_id = uuid.uuid4().hex
         spec = self.spec(job_id, sub)

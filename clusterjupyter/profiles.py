@@ -22,6 +22,8 @@ The file (``profiles.toml`` in the user's config directory, see :mod:`clusterjup
     stage_max_files = 1000           # most files staged (and sent back) per job
     return_limit = "256M"            # most bytes of files sent back per job (default 256M)
     faults = {rate = 0.05, seed = 1} # inject real clusters' faults (see clusterjupyter.faults)
+    environment = "check"            # versions checked before each job; "sync": build a
+                                     # matching environment there first; "off"
     [profiles.hpc.resources]         # defaults for --time, --mem, --cpus, ...
     time = "1h"
     partition = "debug"
@@ -79,6 +81,7 @@ class Profile:
     stage_max_files: int | None = None
     return_limit: str = ""
     faults: dict[str, Any] = field(default_factory=dict)   # fault injection (see faults.py)
+    environment: str = ""                   # check (default) | sync | off (see envguard.py)
 
     @property
     def remote(self) -> bool:
@@ -142,6 +145,9 @@ class Profile:
                 raise ProfileError(f"invalid environment variable name {key!r}", name, "env")
         kw["env"] = {k: str(v) for k, v in kw.get("env", {}).items()}
         _check_staging(name, kw)
+        if kw.get("environment", "check") not in ENVIRONMENT_MODES:
+            raise ProfileError(f"unknown mode {kw['environment']!r}; valid: "
+                               f"{', '.join(ENVIRONMENT_MODES)}", name, "environment")
         if kw.get("faults"):
             from .faults import FaultPlan
 
@@ -214,6 +220,9 @@ def builtin_local() -> Profile:
                    description="this machine (a separate process per job)")
 
 
+#: ``environment``: check versions before each job (default), build a matching environment on
+#: the cluster before the first job and use it (sync), or neither (off)
+ENVIRONMENT_MODES = ("check", "sync", "off")
 #: what the top level of the profiles file may hold
 TOP_LEVEL = ("default", "profiles")
 #: fields that only mean something for a remote host

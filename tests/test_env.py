@@ -1,0 +1,225 @@
+"""The environment guard and other interpreters, on the real sshd and SLURM.
+
+Second interpreters are real virtual environments (no system site-packages) built once per
+machine under /var/tmp and reused: ``old`` (numpy<2, dill), ``patch`` (the kernel's numpy
+minor version, another patch level, dill) and ``nonumpy`` (dill only).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dill
+import numpy
+import pytest
+
+from clusterjupyter import api, envprobe
+from clusterjupyter.envguard import Row, cell_imports, compare, pickle_modules, table
+from clusterjupyter.envprobe import InterpreterInfo
+from clusterjupyter.serialize import dumps
+from helpers import close_shell_and_backends, ensure, make_env, new_module_shell, ssh_profile
+from shells import ok, run
+
+CACHE = Path("/var/tmp/clusterjupyter-envtest") / f"py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def _patch_numpy() -> str:
+    """A numpy release with the kernel's major.minor and another patch level."""
+    major, minor, patch = (int(x) for x in numpy.__version__.split(".")[:3])
+    return f"{major}.{minor}.{patch - 1 if patch else patch + 1}"
+
+
+VENVS = {"old": ["numpy<2", f"dill=={dill.__version__}"],
+         "patch": [f"numpy=={_patch_numpy()}", f"dill=={dill.__version__}"],
+         "nonumpy": [f"dill=={dill.__version__}"]}
+
+
+def venv_python(name: str) -> str:
+    """The interpreter of a cached test environment (built the first time, under a lock)."""
+    d = CACHE / name
+    ready = d / ".ready"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(d)], check=True)
+            subprocess.run([str(d / "bin" / "python"), "-m", "pip", "install", "-q",
+                            "--disable-pip-version-check", *VENVS[name]], check=True)
+            ready.write_text(" ".join(VENVS[name]))
+    return str(d / "bin" / "python")
+
+
+# -- pure ---------------------------------------------------------------------------------------
+
+def test_pickle_references_name_their_modules():
+    import fractions
+
+    data = dumps({"a": numpy.arange(3), "f": fractions.Fraction(1, 3)})
+    mods = pickle_modules(data[data.index(b"\x80"):])
+    assert {"numpy", "fractions"} <= mods
+    assert cell_imports("import numpy.linalg as la\nfrom scipy import stats\nfrom . import x") \
+        == {"numpy", "scipy"}
+
+
+def info(python: str = "3.11.7", **dists: str) -> InterpreterInfo:
+    return InterpreterInfo(python=python, executable="/x/bin/python",
+                           dists={k.replace("_", "-"): v for k, v in dists.items()},
+                           modules=[k for k in dists])
+
+
+def test_decisions_refuse_only_what_cannot_load():
+    np = {"numpy": ("numpy", "2.4.6")}
+    # major/minor of a version-bound package in the pickles: refused
+    v = compare("3.11.7", "0.4.1", False, np, {}, set(), info(numpy="1.26.4", dill="0.4.1"))
+    assert [r.package for r in v.refused] == ["numpy"]
+    # the same difference for a package only imported by the cell: a warning
+    v = compare("3.11.7", "0.4.1", False, {}, np, set(), info(numpy="1.26.4", dill="0.4.1"))
+    assert not v.refused and [r.package for r in v.warned] == ["numpy"]
+    # patch level: a warning; missing: refused; another Python minor: refused
+    v = compare("3.11.7", "0.4.1", False, np, {}, set(), info(numpy="2.4.5", dill="0.4.1"))
+    assert not v.refused and v.warned[0].why == "patch level"
+    v = compare("3.11.7", "0.4.1", False, np, {}, {"numpy"}, info(dill="0.4.1"))
+    assert v.refused[0].cluster == "missing"
+    v = compare("3.11.7", "0.4.1", True, {}, {}, set(), info("3.10.2", dill="0.3.8"))
+    assert {r.package for r in v.refused} == {"python", "dill"}
+    text = table(v.rows)
+    assert text.splitlines()[0].split() == ["package", "kernel", "cluster"]
+    assert "3.10.2" in text and "0.3.8" in text
+
+
+def test_rows_align():
+    text = table([Row("numpy", "2.4.6", "1.26.4", "major/minor", True)])
+    head, row = text.splitlines()
+    assert head.index("kernel") == row.index("2.4.6")
+
+
+# -- real services ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clusters():
+    return ensure("sshd", "slurm")
+
+
+@pytest.fixture(scope="module")
+def venvs():
+    return {name: venv_python(name) for name in VENVS}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, clusters, venvs):
+    ssh, slurm = clusters["ssh"], clusters["slurm"]
+    base = tmp_path_factory.mktemp("env-work")
+    res = {"partition": slurm["partition"], "time": "10m", "mem": "300M"}
+    profiles = {
+        "old": ssh_profile(ssh, base / "old", python=venvs["old"]),
+        "patch": ssh_profile(ssh, base / "patch", python=venvs["patch"]),
+        "nonumpy": ssh_profile(ssh, base / "nonumpy", python=venvs["nonumpy"]),
+        "slurmold": {"scheduler": "slurm", "python": venvs["old"], "workdir": str(base / "so"),
+                     "resources": res},
+        "localpatch": {"scheduler": "local", "python": venvs["patch"],
+                       "workdir": str(base / "lp")},
+        "unchecked": ssh_profile(ssh, base / "unchecked", python=venvs["old"],
+                                 environment="off"),
+    }
+    e, mp = make_env(tmp_path_factory, "env", profiles)
+    envprobe.forget()
+    yield e
+    close_shell_and_backends()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def sh(env):
+    shell = new_module_shell()
+    ok(shell, "import numpy as np\na = np.arange(6)")
+    return shell
+
+
+def refused(shell, profile: str) -> str:
+    before = len(api.list_jobs(limit=1000))
+    res = run(shell, f"%%cluster {profile}\nb = a * 2\nint(b.sum())")
+    assert res.error_in_exec is not None
+    assert len(api.list_jobs(limit=1000)) == before     # nothing reached the journal
+    return str(res.error_in_exec)
+
+
+@pytest.mark.ssh
+def test_older_numpy_over_ssh_is_refused_with_a_table(sh, env, venvs):
+    text = refused(sh, "old")
+    assert "nothing was submitted" in text
+    line = next(x for x in text.splitlines() if x.split()[:1] == ["numpy"])
+    assert line.split()[1:3] == [numpy.__version__, "1.26.4"] or \
+        line.split()[1] == numpy.__version__ and line.split()[2].startswith("1.")
+    assert "%cluster env sync old" in text and "'python'" in text
+    assert not list((env.base.parent).glob("env-work*/old/jobs/*"))
+
+
+@pytest.mark.ssh
+def test_missing_numpy_over_ssh_is_refused(sh):
+    text = refused(sh, "nonumpy")
+    assert "missing" in text and "numpy" in text
+
+
+@pytest.mark.ssh
+def test_the_guard_is_off_when_the_profile_says_so(sh):
+    # the old numpy cannot restore a numpy 2 array: the job fails on the cluster, as before
+    res = run(sh, "%%cluster unchecked\nb = a * 2")
+    assert res.error_in_exec is not None and "nothing was submitted" not in str(res.error_in_exec)
+
+
+@pytest.mark.ssh
+def test_patch_level_difference_warns_and_the_job_runs_there(sh, env, venvs, capfd):
+    value = ok(sh, "%%cluster patch\nimport os, sys\nexe = sys.executable\n"
+                   "conn = os.environ.get('SSH_CONNECTION', '')\nb = a * 2\nint(b.sum())")
+    assert value == 30
+    assert sh.user_ns["exe"] == venvs["patch"] and sh.user_ns["conn"]
+    err = capfd.readouterr().err
+    assert f"numpy {numpy.__version__} here, {_patch_numpy()} there" in err
+    assert len([x for x in err.splitlines() if "versions differ" in x]) == 1
+
+
+@pytest.mark.ssh
+def test_the_probe_runs_once_and_an_install_there_is_noticed(sh, env, venvs, monkeypatch):
+    calls = []
+    real = envprobe.probe
+
+    def counting(*a, **kw):
+        calls.append(a[1].name)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(envprobe, "probe", counting)
+    ok(sh, "%%cluster patch\nb = a + 1")
+    assert calls == []                      # learned by the previous cell: no round trip
+    envprobe.forget()                       # a new process: the cache file is checked
+    ok(sh, "%%cluster patch\nb = a + 1")
+    assert calls == []
+    site = next(Path(venvs["patch"]).parents[1].glob("lib/python*/site-packages"))
+    later = time.time() + 5
+    os.utime(site, (later, later))          # what an install on the cluster does
+    envprobe.forget()
+    ok(sh, "%%cluster patch\nb = a + 1")
+    assert calls == ["patch"]
+
+
+@pytest.mark.slurm
+def test_older_numpy_on_slurm_is_refused_before_sbatch(sh):
+    text = refused(sh, "slurmold")
+    assert "numpy" in text and "1.26.4" in text
+
+
+def test_local_profile_with_another_interpreter_runs_without_the_package(sh, env, venvs,
+                                                                        monkeypatch):
+    # the venv cannot import clusterjupyter by itself: the runner travels to it
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    probe = subprocess.run([venvs["patch"], "-c", "import clusterjupyter"], capture_output=True,
+                           cwd="/")
+    assert probe.returncode != 0
+    value = ok(sh, "%%cluster localpatch\nimport os, sys\nexe = sys.executable\npid = os.getpid()"
+                   "\nint((a * 3).sum())")
+    assert value == 45 and sh.user_ns["exe"] == venvs["patch"]
+    assert sh.user_ns["pid"] != os.getpid()
