@@ -129,11 +129,36 @@ class Stream:
         return getattr(self._raw, name)
 
 
+_formatter: list[Any] = []
+
+
+def _format(obj: Any) -> tuple[dict, dict]:
+    """The bundle the kernel would show: IPython's own formatter where IPython is installed
+    (pretty text, the enabled mime types), a figure as the inline backend shows it."""
+    mpl_figure = sys.modules.get("matplotlib.figure")
+    if mpl_figure is not None and isinstance(obj, mpl_figure.Figure):
+        from ._mpl_backend import figure_bundle
+
+        return figure_bundle(obj)
+    if not _formatter:
+        try:
+            from IPython.core.formatters import DisplayFormatter
+
+            _formatter.append(DisplayFormatter())
+        except Exception:
+            _formatter.append(None)
+    if _formatter[0] is None:
+        return mimebundle(obj)
+    data, md = _formatter[0].format(obj)
+    return {k: _jsonable(k, v) for k, v in data.items()}, md
+
+
 def display(*objs: Any, raw: bool = False, metadata: dict | None = None, **_: Any) -> None:
     """Display objects in the notebook cell that submitted this job."""
     for obj in objs:
         if raw and isinstance(obj, dict):
             publish(obj, metadata)
-        else:
-            data, md = mimebundle(obj)
+            continue
+        data, md = _format(obj)
+        if data:    # an object that displayed itself (``_ipython_display_``) has no bundle
             publish(data, {**md, **(metadata or {})})

@@ -48,7 +48,8 @@ def render(fig: Any, fmt: str, kwargs: dict) -> tuple[Any, dict] | None:
     return base64.b64encode(data).decode("ascii"), meta
 
 
-def display_figure(fig: Any) -> None:
+def figure_bundle(fig: Any) -> tuple[dict, dict]:
+    """A figure's mime bundle and metadata, in the kernel's figure formats."""
     settings = context.inline_settings()
     bundle: dict[str, Any] = {"text/plain": repr(fig)}
     metadata: dict[str, Any] = {}
@@ -61,7 +62,11 @@ def display_figure(fig: Any) -> None:
             bundle[mime] = got[0]
             if got[1]:
                 metadata[mime] = got[1]
-    _display.publish(bundle, metadata)
+    return bundle, metadata
+
+
+def display_figure(fig: Any) -> None:
+    _display.publish(*figure_bundle(fig))
 
 
 def flush_figures(close: bool | None = None) -> None:

@@ -371,3 +371,80 @@ def apply(doc: dict[str, Any]) -> None:
     hooks = _library_hooks(doc)
     if hooks:
         _when_imported(hooks)
+
+
+# -- settings the cell changed, back to the kernel -------------------------------------------
+
+def snapshot() -> dict[str, Any]:
+    """The job's settings just before the cell runs (to tell what the cell changed)."""
+    return {"settings": collect(), "env": dict(os.environ), "sys_path": list(sys.path)}
+
+
+def changes(before: dict[str, Any]) -> dict[str, Any]:
+    """What the cell changed in the settings that travel: the kernel applies it afterwards,
+    so it is left as the same cell would have left it."""
+    now = collect()
+    was = before["settings"]
+    out: dict[str, Any] = {}
+    mpl_now, mpl_was = now.get("matplotlib") or {}, was.get("matplotlib") or {}
+    rc_now, rc_was = mpl_now.get("rc") or {}, mpl_was.get("rc") or {}
+    rc = {k: rc_now.get(k) for k in {*rc_now, *rc_was} if rc_now.get(k) != rc_was.get(k)}
+    backend = mpl_now.get("backend")
+    if rc or (backend and backend != mpl_was.get("backend") and backend != JOB_BACKEND):
+        out["matplotlib"] = {"rc": rc, "backend": None if backend == JOB_BACKEND else backend}
+    for lib in ("pandas", "numpy"):
+        new, old = now.get(lib) or {}, was.get(lib) or {}
+        diff = {k: new.get(k) for k in {*new, *old} if new.get(k) != old.get(k)}
+        if diff:
+            out[lib] = diff
+    added = [f for f in now.get("warnings", []) if f not in was.get("warnings", [])]
+    if added:
+        out["warnings"] = added
+    env_was = before["env"]
+    env = {k: v for k, v in os.environ.items() if env_was.get(k) != v}
+    gone = [k for k in env_was if k not in os.environ]
+    if env or gone:
+        out["env"] = {"set": env, "unset": gone}
+    paths = [os.path.abspath(p) for p in sys.path if p not in before["sys_path"]
+             and isinstance(p, str)]
+    if paths:
+        out["sys_path"] = paths
+    return out
+
+
+def apply_changes(doc: dict[str, Any]) -> None:
+    """In the kernel: take the settings a job's cell changed (``None`` value: back to the
+    library's default). A library the kernel has not imported gets them when it is."""
+    if not doc:
+        return
+    env = doc.get("env") or {}
+    for key in env.get("unset", []):
+        os.environ.pop(key, None)
+    os.environ.update(env.get("set", {}))
+    sys.path.extend(p for p in doc.get("sys_path", []) if p not in sys.path and os.path.isdir(p))
+    if doc.get("warnings"):
+        _apply_warnings(doc["warnings"] + _warning_filters())
+    hooks: dict[str, Callable[[Any], None]] = {}
+    mpl = doc.get("matplotlib") or {}
+    if mpl:
+        def matplotlib(module: Any) -> None:
+            if mpl.get("backend"):
+                module.use(mpl["backend"])
+            for key, value in (mpl.get("rc") or {}).items():
+                module.rcParams[key] = (_decode(value) if value is not None
+                                        else module.rcParamsDefault[key])
+        hooks["matplotlib"] = matplotlib
+    if doc.get("pandas"):
+        def pandas(module: Any) -> None:
+            for key, value in doc["pandas"].items():
+                if value is None:
+                    module.reset_option(key)
+                else:
+                    module.set_option(key, _decode(value))
+        hooks["pandas"] = pandas
+    if doc.get("numpy"):
+        def numpy(module: Any) -> None:
+            module.set_printoptions(**{k: _NUMPY_DEFAULTS[k] if v is None else _decode(v)
+                                       for k, v in doc["numpy"].items()})
+        hooks["numpy"] = numpy
+    _when_imported(hooks)

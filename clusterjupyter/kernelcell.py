@@ -51,6 +51,42 @@ def check_compiles(shell: Any, source: str, filename: str) -> None:
         raise_in_cell(shell, e)
 
 
+#: magics that act on the kernel itself: a cell made only of them runs in the kernel
+KERNEL_MAGICS = frozenset({"load_ext", "reload_ext", "unload_ext", "matplotlib", "config",
+                           "env", "cd", "precision"})
+
+
+def kernel_magic_lines(source: str) -> list[tuple[str, str]] | None:
+    """The (magic, line) pairs of a cell made only of magics that act on the kernel itself
+    (``%matplotlib inline``, ``%load_ext x``); None for any other cell."""
+    from .capture import _magic_call
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    lines = []
+    for stmt in tree.body:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        magic = _magic_call(call) if isinstance(call, ast.Call) else None
+        if magic is None or magic[0] != "line" or magic[1] not in KERNEL_MAGICS:
+            return None
+        lines.append((magic[1], magic[2][1] if len(magic[2]) > 1 else ""))
+    return lines or None
+
+
+def run_in_kernel(shell: Any, lines: list[tuple[str, str]]) -> Any:
+    """Run a cell of kernel magics here, as the kernel would run it without ``%%cluster``."""
+    result = None
+    for name, line in lines:
+        try:
+            result = shell.run_line_magic(name, line)
+        except Exception as e:
+            tb = e.__traceback__
+            raise_in_cell(shell, e.with_traceback(tb.tb_next if tb is not None else None))
+    return result
+
+
 def check_magics(magics: list[tuple[str, str]]) -> None:
     """Refuse, before anything is submitted, a magic a job cannot run as the kernel would."""
     for kind, name in magics:

@@ -126,6 +126,10 @@ class ClusterMagics(Magics):
         if args.job is not None and not (args.job.isidentifier()
                                          and not keyword.iskeyword(args.job)):
             raise UsageError(f"--job needs a Python name to bind the Job to, not {args.job!r}")
+        here = None if args.dry_run else kernelcell.kernel_magic_lines(
+            self.shell.transform_cell(cell))
+        if here:   # a cell that only configures this kernel (%matplotlib inline, %load_ext)
+            return kernelcell.run_in_kernel(self.shell, here)
         return self._run_cell(args, cell)
 
     def _parse(self, func: Any, line: str) -> Any:

@@ -112,6 +112,7 @@ class JobResult:
     files: dict[str, Any] = field(default_factory=dict)     # files sent back (staged mode)
     files_left: dict[str, Any] = field(default_factory=dict)
     kernel_magics: list[list[str]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)   # settings the cell changed
 
     @property
     def warnings(self) -> dict[str, str]:
@@ -179,7 +180,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
                        mutated=list(doc.get("mutated", [])), deleted=list(doc.get("deleted", [])),
                        value_bundle=doc.get("result_bundle"),
                        files=dict(doc.get("files", {})), files_left=dict(doc.get("files_left", {})),
-                       kernel_magics=list(doc.get("kernel_magics", [])))
+                       kernel_magics=list(doc.get("kernel_magics", [])),
+                       settings=dict(doc.get("settings") or {}))
     entries = doc.get("values", {})
     loaded: dict[str, Any] = {}
 

@@ -328,6 +328,7 @@ class Runner:
         last = None
         if self.manifest.get("has_result") and tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
+        self.settings_before = context.snapshot()
         try:
             _run(compile(tree, filename, "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), self.ns)
             if last is not None:
@@ -454,6 +455,12 @@ class Runner:
         shell = getattr(self, "shell", None)
         if shell is not None and shell.kernel_magics:
             doc["kernel_magics"] = shell.kernel_magics
+        if getattr(self, "settings_before", None) is not None:
+            try:
+                doc["settings"] = context.changes(self.settings_before)
+            except Exception as e:  # settings that cannot be read must not lose the result
+                print(f"clusterjupyter: the cell's settings stay in the job: {e}",
+                      file=sys.stderr)
         if has_last and RESULT_KEY in unpicklable:
             doc["result_bundle"] = _display.mimebundle(last)[0]
         if exc_info is not None:

@@ -14,6 +14,7 @@ import sys
 import warnings
 from typing import Any
 
+from . import context
 from .payload import JobResult
 
 
@@ -106,6 +107,11 @@ def apply(result: JobResult, namespace: dict) -> list[str]:
     namespace.update({n: v for n, v in result.values.items() if n not in in_place})
     for name in result.deleted:
         namespace.pop(name, None)
+    try:
+        context.apply_changes(result.settings)
+    except Exception as e:
+        print(f"clusterjupyter: settings the cell changed could not be taken here: "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
     if result.warnings:
         lines = "; ".join(f"{n}: {why}" for n, why in result.warnings.items())
         warnings.warn_explicit(

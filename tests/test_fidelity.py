@@ -388,3 +388,54 @@ def test_real_kernel_shows_outputs_in_the_kernels_order(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_displays_in_the_job_are_formatted_as_the_kernel_formats_them(shell):
+    long = "list(range(40))"
+    with capture_output() as kernel:
+        ok(shell, f"from IPython.display import display\ndisplay({long})")
+    with capture_output() as job:
+        ok(shell, f"%%cluster\nfrom IPython.display import display\ndisplay({long})")
+    assert [o.data for o in job.outputs] == [o.data for o in kernel.outputs]
+    assert "\n" in job.outputs[0].data["text/plain"]   # pretty-printed, as IPython does
+
+
+def test_settings_the_cell_changes_are_the_kernels_afterwards(shell):
+    pytest.importorskip("pandas")
+    ok(shell, "import matplotlib, pandas as pd\nmatplotlib.use('module://matplotlib_inline."
+              "backend_inline')")
+    try:
+        ok(shell, "%%cluster\nimport matplotlib.pyplot as plt\nimport pandas as pd, os\n"
+                  "plt.rcParams['figure.figsize'] = (4.0, 3.0)\n"
+                  "pd.set_option('display.width', 3)\n"
+                  "os.environ['CJ_FID_BACK'] = 'yes'\njob = os.getpid()")
+        import matplotlib
+        import pandas as pd
+
+        assert shell.user_ns["job"] != os.getpid()
+        assert tuple(matplotlib.rcParams["figure.figsize"]) == (4.0, 3.0)
+        assert pd.get_option("display.width") == 3 and os.environ["CJ_FID_BACK"] == "yes"
+        with capture_output() as cap:
+            ok(shell, "%%cluster\nfig, ax = plt.subplots()")
+        assert cap.outputs[0].data["text/plain"] == "<Figure size 400x300 with 1 Axes>"
+        # a backend chosen in a job is the kernel's: the svg backend shows nothing
+        ok(shell, "%%cluster\nimport matplotlib\nmatplotlib.use('svg')")
+        assert matplotlib.get_backend() == "svg"
+        with capture_output() as cap:
+            ok(shell, "%%cluster\nfig, ax = plt.subplots()\nax.plot([1, 2])")
+        assert cap.outputs == []
+    finally:
+        import matplotlib
+
+        matplotlib.rcdefaults()
+        os.environ.pop("CJ_FID_BACK", None)
+        ok(shell, "pd.reset_option('display.width')")
+
+
+def test_a_cell_of_kernel_magics_acts_on_the_kernel(shell):
+    with capture_output() as cap:
+        r = run(shell, "%%cluster\n# configure this kernel\n%load_ext no_such_extension_cj")
+    assert isinstance(r.error_in_exec, ModuleNotFoundError) and api.list_jobs() == []
+    assert "run_cell_magic" not in cap.stdout
+    ok(shell, "%%cluster\n%env CJ_FID_HERE=1")
+    assert os.environ.pop("CJ_FID_HERE") == "1" and api.list_jobs() == []
