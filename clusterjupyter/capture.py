@@ -26,11 +26,12 @@ import tokenize
 import io
 import types
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
            ast.SetComp, ast.DictComp, ast.GeneratorExp)
-_BRANCHES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.Match)
+_BRANCHES: tuple[type[ast.stmt], ...] = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try,
+                                         ast.Match)
 if hasattr(ast, "TryStar"):
     _BRANCHES += (ast.TryStar,)
 
@@ -277,7 +278,8 @@ class _Walker(ast.NodeVisitor):
 
     # nested scopes: symtable knows Python's scoping rules exactly ----------------------------
     def _nested(self, node: ast.AST) -> None:
-        snippet = ast.Module(body=[node if isinstance(node, ast.stmt) else ast.Expr(node)],
+        snippet = ast.Module(body=[node if isinstance(node, ast.stmt)
+                                   else ast.Expr(cast(ast.expr, node))],
                              type_ignores=[])
         table = symtable.symtable(ast.unparse(snippet), "<cell>", "exec")
         names_here: list[tuple[str, bool]] = []   # (name, is_store) in the enclosing scope

@@ -18,7 +18,7 @@ import base64
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 #: the backend that shows figures as the kernel's inline backend does
 JOB_BACKEND = "module://clusterjupyter._mpl_backend"
@@ -118,7 +118,7 @@ def _sys_path() -> list[str]:
 
 def _warning_filters() -> list[list[Any]]:
     out = []
-    for action, message, category, module, lineno in warnings.filters:
+    for action, message, category, module, lineno in cast("list[Any]", warnings.filters):
         out.append([action, getattr(message, "pattern", message) or "",
                     f"{category.__module__}:{category.__qualname__}",
                     getattr(module, "pattern", module) or "", lineno])
@@ -260,7 +260,7 @@ class _AfterImport:
             original(module)
             _guarded(name, hook, module)
 
-        loader.exec_module = exec_module
+        loader.exec_module = exec_module  # type: ignore[method-assign,union-attr]
         return spec
 
 
@@ -314,12 +314,13 @@ def _apply_warnings(filters: list[list[Any]]) -> None:
             for index, item in items:
                 cls = resolve(item[2])
                 if cls is not None:
-                    warnings.filters.insert(min(index, len(warnings.filters)), entry(item, cls))
+                    cast("list[Any]", warnings.filters).insert(
+                        min(index, len(warnings.filters)), entry(item, cls))
             warnings._filters_mutated()  # type: ignore[attr-defined]
         return hook
 
     later = {modname: add(items) for modname, items in pending.items()}
-    warnings.filters[:] = rebuilt
+    cast("list[Any]", warnings.filters)[:] = rebuilt
     warnings._filters_mutated()  # type: ignore[attr-defined]
     if later:
         _when_imported(later)

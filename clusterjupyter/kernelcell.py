@@ -33,7 +33,7 @@ _SHELL = ("!", )
 def cell_filename(shell: Any, raw: str, source: str) -> str:
     """The name the kernel gives this cell's code (``Cell In[n]`` in its tracebacks); its
     source is registered with the kernel's line cache under that name."""
-    compiler = getattr(shell, "compile", None)
+    compiler: Any = getattr(shell, "compile", None)
     try:
         return compiler.cache(source, shell.execution_count, raw_code=raw)
     except Exception:

@@ -11,7 +11,7 @@ import keyword
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -31,6 +31,9 @@ from .payload import pack_inputs
 from .profiles import get_profile, load_profiles
 from .resources import Resources
 from .states import JobState
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 StatusFactory = Callable[[Any, JobRecord], Any]
 RESOURCE_OPTIONS = ("time", "cpus", "mem", "gpus", "nodes", "partition", "account", "qos",
@@ -71,6 +74,8 @@ def _options_help() -> str:
 @magics_class
 class ClusterMagics(Magics):
     """Run cells on a cluster. ``%%cluster?`` and ``%cluster?`` show the options."""
+
+    shell: InteractiveShell  # type: ignore[assignment]  # IPython's Magics declares it None
 
     default_profile = Unicode(
         "", config=True,

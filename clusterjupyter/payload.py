@@ -191,7 +191,7 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
             return loaded[name]
         entry = entries[name]
         if "module" in entry:
-            value = __import__(entry["module"], fromlist=["_"])
+            value: Any = __import__(entry["module"], fromlist=["_"])
         elif name in bundle.GROUPS:
             data, buffers = _read_verified(opener, paths.outputs + "/" + entry["file"], entry,
                                            f"output {name}")

@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
@@ -47,7 +47,8 @@ class _Handler(APIHandler):
         exc = (kwargs.get("exc_info") or (None, None, None))[1]
         if isinstance(exc, web.HTTPError) and exc.args:
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"message": exc.log_message % exc.args, "reason": exc.reason}))
+            self.finish(json.dumps({"message": cast(str, exc.log_message) % exc.args,
+                                    "reason": exc.reason}))
         else:
             super().write_error(status_code, **kwargs)
 

@@ -35,6 +35,8 @@ class Panel(W.VBox):
     ``limit``: how many jobs the Jobs tab shows (newest first).
     """
 
+    comm: Any  # ipywidgets' (None once the panel is closed)
+
     def __init__(self, shell: Any = None, limit: int = 50, **kwargs: Any):
         if shell is None:
             from IPython import get_ipython
