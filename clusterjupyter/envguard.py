@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .envprobe import InterpreterInfo, normalize
 from .errors import ClusterError
@@ -85,7 +85,7 @@ def cell_imports(source: str) -> set[str]:
         tree = ast.parse(source)
     except SyntaxError:
         return set()
-    out = set()
+    out: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out.update(a.name.split(".", 1)[0] for a in node.names)
@@ -111,7 +111,7 @@ def needed_modules(blobs: Iterable[Any], source: str, used_modules: Iterable[str
 # -- the kernel's side --------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
-def _module_dists() -> dict[str, list[str]]:
+def _module_dists() -> Mapping[str, list[str]]:
     return metadata.packages_distributions()
 
 
