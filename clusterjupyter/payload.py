@@ -166,7 +166,7 @@ def _read_verified(opener: Opener, path: str, entry: dict, what: str) -> tuple[b
     return data, buffers
 
 
-def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,
+def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  # noqa: C901
                 main: types.ModuleType) -> JobResult:
     """Read, verify and unpickle a job's result through ``opener`` (a transport's ``open``)."""
     with opener(paths.result) as f:
