@@ -7,6 +7,7 @@ stays in the job directory, signed).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import re
@@ -55,6 +56,25 @@ CREATE TABLE IF NOT EXISTS counters (
     value         INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (profile, name)
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    id            TEXT PRIMARY KEY,   -- the first array's 24-digit element prefix
+    name          TEXT NOT NULL,
+    profile       TEXT NOT NULL,
+    created       REAL NOT NULL,
+    size          INTEGER NOT NULL,   -- number of elements
+    axes          TEXT NOT NULL DEFAULT '[]',   -- parameter names, JSON
+    outputs       TEXT NOT NULL DEFAULT '[]',   -- names the cell binds, JSON
+    params        BLOB NOT NULL,      -- every element's parameters, pickled ...
+    params_mac    TEXT NOT NULL       -- ... and signed (HMAC, per-user secret)
+);
+CREATE TABLE IF NOT EXISTS sweep_elements (
+    sweep_id      TEXT NOT NULL,
+    idx           INTEGER NOT NULL,   -- the element's index in the sweep
+    attempt       INTEGER NOT NULL,   -- 0, then one more for each retry
+    job_id        TEXT NOT NULL,      -- the element's job (in jobs)
+    PRIMARY KEY (sweep_id, idx, attempt)
+);
+CREATE INDEX IF NOT EXISTS sweep_elements_job ON sweep_elements(job_id);
 CREATE TABLE IF NOT EXISTS fingerprints (
     fingerprint   TEXT PRIMARY KEY,   -- size:xxh3-128 of a large input blob
     sha256        TEXT NOT NULL,      -- its content address
@@ -261,6 +281,46 @@ class Journal:
     def __iter__(self) -> Iterator[JobRecord]:
         return iter(self.list())
 
+    # -- sweeps (one record, its elements' jobs by index and attempt) -------------------------
+    def add_sweep(self, sweep: dict[str, Any]) -> None:
+        d = dict(sweep, axes=json.dumps(sweep["axes"]), outputs=json.dumps(sweep["outputs"]))
+        cols = ", ".join(d)
+        self._conn().execute(f"INSERT INTO sweeps ({cols}) VALUES "
+                             f"({', '.join(':' + k for k in d)})", d)
+
+    def add_jobs(self, recs: builtins.list[JobRecord], sweep_id: str, attempt: int,
+                 indices: builtins.list[int]) -> None:
+        """Many element jobs of a sweep in one transaction."""
+        c = self._conn()
+        with _transaction(c):
+            for rec in recs:
+                self.add(rec)
+            c.executemany("INSERT INTO sweep_elements (sweep_id, idx, attempt, job_id) "
+                          "VALUES (?, ?, ?, ?)",
+                          [(sweep_id, i, attempt, r.id)
+                           for i, r in zip(indices, recs, strict=True)])
+
+    def set_native_ids(self, ids: dict[str, str]) -> None:
+        c = self._conn()
+        with _transaction(c):
+            c.executemany("UPDATE jobs SET native_id = ?, updated = ? WHERE id = ?",
+                          [(n, time.time(), j) for j, n in ids.items()])
+
+    def get_sweep(self, ref: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM sweeps WHERE id LIKE ? ORDER BY created DESC",
+                                   (ref.lower() + "%",)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["axes"], d["outputs"] = json.loads(d["axes"]), json.loads(d["outputs"])
+        return d
+
+    def sweep_elements(self, sweep_id: str) -> builtins.list[tuple[int, int, str]]:
+        """``(index, attempt, job id)`` of every attempt of every element."""
+        return [tuple(r) for r in self._conn().execute(
+            "SELECT idx, attempt, job_id FROM sweep_elements WHERE sweep_id = ? "
+            "ORDER BY idx, attempt", (sweep_id,))]
+
     @property
     def fingerprints(self) -> "Fingerprints":
         return Fingerprints(self)
@@ -268,6 +328,17 @@ class Journal:
 
 #: columns added after the first release: (name, declaration) — added to older journals
 ADDED_COLUMNS = (("error", "TEXT NOT NULL DEFAULT '{}'"), ("cell_id", "TEXT NOT NULL DEFAULT ''"))
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

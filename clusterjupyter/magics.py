@@ -51,6 +51,7 @@ SUBCOMMANDS = {
     "queue": "show the scheduler's queue of a profile",
     "panel": "open the job monitor panel",
     "metrics": "jobs by state, retries, reconnects, commands, timings per profile",
+    "sweep": "show a sweep's elements and their states",
 }
 
 
@@ -68,7 +69,8 @@ def _unquoted(args: Any) -> Any:
 
 def _options_help() -> str:
     return ", ".join(f"--{o}" for o in (*RESOURCE_OPTIONS, "directive", "name", "job", "async",
-                                        "dry-run", "skip", "stage", "stage-limit"))
+                                        "dry-run", "skip", "stage", "stage-limit", "sweep",
+                                        "zip", "max-elements", "max-running"))
 
 
 @magics_class
@@ -118,6 +120,15 @@ class ClusterMagics(Magics):
                    "this machine's files (repeatable)")
     @argument("--stage-limit", metavar="SIZE",
               help="most bytes staged for this cell (default: the profile's stage_limit, 1G)")
+    @argument("--sweep", action="append", default=[], metavar='"NAME in EXPR"',
+              help="run the cell once per value of NAME, as one job array (repeatable: every "
+                   "combination)")
+    @argument("--zip", action="store_true", help="pair the --sweep values instead of combining")
+    @argument("--max-elements", metavar="N",
+              help="most elements a sweep may have (default 10000)")
+    @argument("--max-running", metavar="N",
+              help="most sweep elements running at once (default: the local backend's cores; "
+                   "no limit on a batch scheduler)")
     @line_cell_magic
     def cluster(self, line: str, cell: str | None = None) -> Any:
         """Run the cell on a cluster: ``%%cluster [PROFILE] [--time …] [--async] …``.
@@ -198,6 +209,10 @@ class ClusterMagics(Magics):
             backend = backend_for(self._profile_name(args.profile))
         except ProfileError as e:
             raise UsageError(str(e)) from None
+        if args.sweep:
+            from .sweepcell import run_sweep
+
+            return run_sweep(self, backend, args, cell)
         sub, analysis = self._submission(args, cell)
         sub.workdir = self._workdir(backend, args, sub, analysis)
         if args.dry_run:
@@ -377,8 +392,18 @@ class ClusterMagics(Magics):
         state = job.cancel()
         print(f"job {rec.id[:8]} on {rec.profile}: {state.value}")
 
+    def _cmd_sweep(self, rest: str) -> Any:
+        from .sweepcell import show_sweep
+
+        return show_sweep(self._one_arg(rest, "sweep id"))
+
     def _cmd_result(self, rest: str) -> Any:
         __tracebackhide__ = True
+        from .sweepcell import sweep_result
+        from .sweeps import find
+
+        if find(self._one_arg(rest, "job id")) is not None:
+            return sweep_result(self, self._one_arg(rest, "job id"))
         rec = api.get_job(self._one_arg(rest, "job id"))
         self._refresh([rec])
         job = Job(api.get_job(rec.id))

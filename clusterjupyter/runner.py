@@ -43,7 +43,10 @@ from .jobdir import (SECRET_ENV, IntegrityError, JobPaths, blob_mac, check, load
 RESULT_KEY = "__result__"
 EXCEPTION_KEY = "__exception__"
 SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_CPUS_ON_NODE", "JOB_ID",
-                 "PBS_JOBID", "HOSTNAME", "KUBERNETES_SERVICE_HOST")
+                 "PBS_JOBID", "HOSTNAME", "KUBERNETES_SERVICE_HOST",
+                 # a sweep's job array: which array, which element
+                 "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SGE_TASK_ID", "PBS_ARRAY_INDEX",
+                 "PBS_ARRAYID")
 
 
 class Terminated(BaseException):

@@ -57,6 +57,9 @@ class JobSpec:
     prelude: list[str] = field(default_factory=list)   # shell lines run first (module load …)
     env: dict[str, str] = field(default_factory=dict)
     pythonpath: str | None = None     # where the runner's package was shipped, if it was
+    #: a sweep's job array: the element ids' 24-digit prefix (the script finds its element's
+    #: directory from the scheduler's array index); empty for a single job
+    array_prefix: str = ""
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Scheduler(abc.ABC):
     option_help: ClassVar[dict[str, str]] = {}
     #: text in a failed cancel's output that means the job had already ended or gone
     cancel_gone: ClassVar[str] = ""
+    #: shell expression of a job array element's 0-based index (empty: no job arrays)
+    array_index: ClassVar[str] = ""
 
     def __init__(self, transport: Transport, options: dict[str, Any] | None = None):
         self.transport = transport
@@ -146,6 +151,11 @@ class Scheduler(abc.ABC):
         if spec.pythonpath:
             env["PYTHONPATH"] = spec.pythonpath + ":${PYTHONPATH:-}"
         exports = []
+        job_dir = shlex.quote(spec.paths.dir)
+        if spec.array_prefix:   # one script for every element: its directory from the index
+            base = shlex.quote(posixpath.join(spec.paths.root, "jobs", spec.array_prefix))
+            exports.append(f'CJ_JOB_DIR={base}"$(printf %08d "{self.array_index}")"')
+            job_dir = '"$CJ_JOB_DIR"'
         for key, value in env.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ClusterError(f"invalid environment variable name {key!r}")
@@ -160,7 +170,7 @@ class Scheduler(abc.ABC):
             name=_comment_safe(spec.name),
             prelude="\n".join(spec.prelude),
             exports="\n".join(exports),
-            job_dir=shlex.quote(spec.paths.dir),
+            job_dir=job_dir,
             python=spec.python,
             wrap=self.wrap(spec),
         )
@@ -236,6 +246,15 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def submit(self, spec: JobSpec) -> str:
         """Submit the job whose script is at ``spec.paths.script``; return the native id."""
+
+    def submit_array(self, spec: JobSpec, indices: Sequence[int], max_running: int) -> str:
+        """Submit ``spec``'s script (rendered with ``array_prefix``) once as a job array of
+        the elements ``indices``, at most ``max_running`` at a time; return the array's id."""
+        raise ClusterError(f"the {self.name} scheduler has no job arrays for sweeps yet")
+
+    def element_native_id(self, array_id: str, index: int) -> str:
+        """The native id of element ``index`` of the array ``array_id``."""
+        return f"{array_id}_{index}"
 
     @abc.abstractmethod
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:

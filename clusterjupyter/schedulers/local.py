@@ -31,9 +31,17 @@ def _exit_status(code: int) -> NativeStatus:
     return NativeStatus(JobState.FAILED, f"exited with code {code}", code, native="exited")
 
 
+#: runs a job array's elements (``sh SCRIPT INDEX``) at most ``$1`` at a time
+_ARRAY = 'm=$1; s=$2; shift 2; printf "%s\\n" "$@" | xargs -P "$m" -n 1 sh "$s"'
+
+
 class LocalScheduler(Scheduler):
+    """Detached processes; a sweep's elements run under one ``xargs -P`` (their native ids
+    are ``PID_INDEX`` with the pid of that process)."""
+
     name = "local"
     poll_interval = 1.0
+    array_index = "${1}"
 
     def directives(self, spec: JobSpec) -> list[str]:
         return []
@@ -53,10 +61,16 @@ class LocalScheduler(Scheduler):
     def submit(self, spec: JobSpec) -> str:
         return self.transport.spawn(["sh", spec.paths.script], spec.paths.scheduler_log)
 
+    def submit_array(self, spec: JobSpec, indices: Sequence[int], max_running: int) -> str:
+        return self.transport.spawn(["sh", "-c", _ARRAY, "sh", str(max(1, int(max_running))),
+                                     spec.paths.script, *map(str, indices)],
+                                    spec.paths.scheduler_log)
+
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         if not native_ids:
             return {}
-        done = self.call(["ps", "-ww", "-o", "pid=", "-o", "args=", "-p", ",".join(native_ids)],
+        pids = dict.fromkeys(n.split("_")[0] for n in native_ids)
+        done = self.call(["ps", "-ww", "-o", "pid=", "-o", "args=", "-p", ",".join(pids)],
                          tolerate=True, retry=True)
         alive = {}
         for line in done.stdout.splitlines():
@@ -65,16 +79,19 @@ class LocalScheduler(Scheduler):
         exited = getattr(self.transport, "exited", {})
         out = {}
         for native_id, job_id in zip(native_ids, job_ids, strict=True):
-            # the pid must still be our job's process (pids are reused)
-            if native_id in alive and job_id in alive[native_id]:
+            pid = native_id.split("_")[0]
+            # the pid must still be our job's process (pids are reused); an array element's
+            # process is its array's, whose script path holds the elements' id prefix
+            mine = job_id if pid == native_id else job_id[:24]
+            if pid in alive and mine in alive[pid]:
                 out[native_id] = NativeStatus(JobState.RUNNING, native="running")
-            elif native_id in exited:
-                out[native_id] = _exit_status(exited[native_id])
+            elif pid in exited:
+                out[native_id] = _exit_status(exited[pid])
         return out
 
     def cancel(self, native_ids: Sequence[str]) -> None:
         # the job runs in its own session: signal the whole process group
-        for pid in native_ids:
+        for pid in dict.fromkeys(n.split("_")[0] for n in native_ids):
             self.transport.shell(
                 'kill -TERM -- "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; '
                 '(sleep 10; kill -KILL -- "-$1" 2>/dev/null) >/dev/null 2>&1 &',

@@ -19,8 +19,10 @@ import re
 from typing import ClassVar, Sequence
 
 from ..errors import ClusterError
+from ..jobdir import JobPaths
 from ..states import JobState
 from ..text import dhms, signal_name
+from ..sweep import array_ranges
 from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
 
 _S = JobState
@@ -133,6 +135,7 @@ class SlurmScheduler(Scheduler):
     final_reasons = FINAL_REASONS
     reasons = REASONS
     never_reasons = NEVER
+    array_index = "${SLURM_ARRAY_TASK_ID}"
 
     # -- the script -------------------------------------------------------------------------
     def directives(self, spec: JobSpec) -> list[str]:
@@ -141,6 +144,8 @@ class SlurmScheduler(Scheduler):
         if "%" in log:
             raise ClusterError(f"slurm: the work directory {spec.paths.root!r} contains '%', "
                                "which sbatch would read as a file name pattern")
+        if spec.array_prefix:   # each element logs in its own directory (%8a: the index)
+            log = JobPaths(spec.paths.root, spec.array_prefix + "%8a").scheduler_log
         out = [f"--job-name={job_name(spec.name)}", f"--output={log}", f"--error={log}"]
         if res.time:
             out.append(f"--time={dhms(res.time)}")
@@ -165,8 +170,16 @@ class SlurmScheduler(Scheduler):
         done = self.call_once(spec.paths.dir, self.argv("submit", spec.paths.script))
         return self.parse_job_id(done.stdout)
 
+    def submit_array(self, spec: JobSpec, indices: Sequence[int], max_running: int) -> str:
+        throttle = f"%{int(max_running)}" if max_running else ""
+        done = self.call_once(spec.paths.dir, self.argv(
+            "submit", f"--array={array_ranges(indices)}{throttle}", spec.paths.script))
+        return self.parse_job_id(done.stdout)
+
     def status_command(self, ids: Sequence[str]) -> list[str]:
-        return self.argv("status", "--states=all", f"--jobs={','.join(ids)}",
+        # --array: one line per array element (else pending ones share one line "12_[3-9]")
+        arrays = ["--array"] if any("_" in i for i in ids) else []
+        return self.argv("status", "--states=all", *arrays, f"--jobs={','.join(ids)}",
                          f"--format={STATUS_FORMAT}")
 
     def accounting_command(self, ids: Sequence[str]) -> list[str]:

@@ -1,0 +1,212 @@
+"""Sweeps: parameter expressions (pure), then real sweeps through a real InteractiveShell on
+the local backend and the real SLURM (one job array per sweep)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from IPython.utils.capture import capture_output
+
+from clusterjupyter import api
+from clusterjupyter.states import JobState
+from clusterjupyter.sweep import (SweepError, array_ranges, elements, gather, parse_axes,
+                                  progress_line, count)
+from helpers import (close_shell_and_backends, ensure, make_env, scheduler_env, started_doc,
+                     wait_for, write_profiles)
+from shells import new_shell, ok, run
+
+
+# -- pure ---------------------------------------------------------------------------------------
+
+def test_product_zip_and_refusals():
+    axes = parse_axes(["a in [1, 2]", "b in 'xy'"])
+    assert elements(axes, eval) == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"},
+                                    {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    assert elements(axes, eval, zipped=True) == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    with pytest.raises(SweepError, match="same length"):
+        elements(parse_axes(["a in [1]", "b in [1, 2]"]), eval, zipped=True)
+    with pytest.raises(SweepError, match="no elements"):
+        elements(parse_axes(["a in []"]), eval)
+    with pytest.raises(SweepError, match="over the limit of 10; raise it with --max-elements"):
+        elements(parse_axes(["a in range(11)"]), eval, limit=10)
+    with pytest.raises(SweepError, match="a: value 1 \\(generator\\) cannot be pickled"):
+        elements(parse_axes(["a in [1, (x for x in [])]"]), eval)
+    with pytest.raises(SweepError, match='NAME in EXPRESSION'):
+        parse_axes(["a = [1]"])
+    with pytest.raises(SweepError, match="twice"):
+        parse_axes(["a in [1]", "a in [2]"])
+
+
+def test_array_ranges_and_progress():
+    assert array_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert array_ranges([3]) == "3"
+    line = progress_line(count([JobState.COMPLETED, JobState.FAILED, JobState.RUNNING,
+                                JobState.PENDING]), 10.0)
+    assert "2/4: 1 done, 1 running, 1 pending, 1 failed, ETA 10s" in line
+
+
+def test_results_table_or_dict(monkeypatch):
+    params = [{"a": 1}, {"a": 2}, {"a": 3}]
+    values = [{"s": 1.5, "m": [1]}, None, {"s": 2.5, "m": [3]}]
+    got = gather(params, values, ["s", "m"])
+    assert got["s"].to_dict("list") == {"a": [1, 3], "s": [1.5, 2.5]}
+    assert got["m"] == {(1,): [1], (3,): [3]}
+    monkeypatch.setitem(sys.modules, "pandas", None)      # pandas not importable
+    assert gather(params, values, ["s"])["s"] == {(1,): 1.5, (3,): 2.5}
+
+
+# -- local backend, real shell ------------------------------------------------------------------
+
+CELL = """import os
+pid = os.getpid()
+if a == 2 and not os.path.exists(flag):
+    raise ValueError(f"element {a} refused")
+score = base * a + b
+score"""
+
+
+def test_local_sweep_failures_summary_retry(shell, tmp_path):
+    flag = tmp_path / "flag"
+    ok(shell, f"base = 10\nflag = {str(flag)!r}")
+    with capture_output() as cap:
+        value = ok(shell, '%%cluster --sweep "a in [1, 2, 3]" --sweep "b in range(2)" '
+                          '--max-running 2 --job sw\n' + CELL)
+    assert "4 of 6 completed, 2 failed" in cap.stdout
+    assert "ValueError: element 2 refused" in cap.stdout
+    sw = shell.user_ns["sw"]
+    score = shell.user_ns["score"]
+    assert score.to_dict("list") == {"a": [1, 1, 3, 3], "b": [0, 1, 0, 1],
+                                     "score": [10, 11, 30, 31]}
+    assert value["value"].tolist() == [10, 11, 30, 31]
+    # provenance: every element ran in a process of its own, none of them the kernel
+    pids = shell.user_ns["pid"]["pid"].tolist()
+    assert len(set(pids)) == 4 and os.getpid() not in pids
+    assert [e.index for e in sw.failed()] == [2, 3]
+    assert isinstance(sw.failed()[0].exception, ValueError)
+    # retry: only the failed elements run again, as a new array of the same sweep
+    flag.write_text("")
+    first_ids = {e.index: e.job.id for e in sw.elements}
+    sw.retry()
+    counts = sw.wait(120)
+    assert counts.done == 6 and counts.failed == 0
+    again = {e.index for e in sw.elements if e.job.id != first_ids[e.index]}
+    assert again == {2, 3}
+    assert sw.results()["score"]["score"].tolist() == [10, 11, 20, 21, 30, 31]
+
+
+def test_every_element_failing_raises_and_bad_sweeps_submit_nothing(shell):
+    r = run(shell, '%%cluster --sweep "a in [1, 2]"\nraise KeyError(a)')
+    assert not r.success and "0 of 2 completed, 2 failed" in str(r.error_in_exec)
+    before = len(api.list_jobs())
+    for line, why in [('--sweep "a in []"', "no elements"),
+                      ('--sweep "a in range(20)" --max-elements 5', "over the limit of 5"),
+                      ('--sweep "a in [lambda: 1]"', "cannot be pickled"),
+                      ('--sweep "a in missing_name"', "NameError")]:
+        r = run(shell, f"%%cluster {line}\nx = a")
+        assert not r.success and why in str(r.error_in_exec), (line, r.error_in_exec)
+    assert len(api.list_jobs()) == before
+
+
+def test_local_time_limit_cancel_and_kernel_restart(shell):
+    ok(shell, '%%cluster --time 0:00:02 --sweep "a in [0, 1, 2]" --job tl\n'
+              'import time\nif a == 1:\n    time.sleep(30)\nout = a')
+    tl = shell.user_ns["tl"]
+    assert [e.state for e in tl.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
+                                              JobState.COMPLETED]
+    # --async, then a new shell (a kernel restart) picks up what finished
+    ok(shell, '%%cluster --async --sweep "a in range(4)" --job sw\nimport time\n'
+              'time.sleep(0.5 if a < 3 else 60)\nsq = a * a')
+    sw = shell.user_ns["sw"]
+    wait_for(lambda: sw.counts().done == 3, 120, "three elements")
+    sid = sw.id
+    shell2 = new_shell()
+    with capture_output() as cap:
+        ok(shell2, f"%cluster sweep {sid[:8]}")
+    assert "3/4" not in cap.stdout or "1 running" in cap.stdout
+    assert cap.stdout.count("completed") >= 3
+    with capture_output() as cap:
+        ok(shell2, f"%cluster result {sid[:8]}")
+    assert shell2.user_ns["sq"]["sq"].tolist() == [0, 1, 4]
+    # cancelling the whole sweep stops the running element
+    from clusterjupyter.sweeps import Sweep
+
+    counts = Sweep(sid).cancel()
+    assert counts.done == 3 and counts.failed == 1
+    assert Sweep(sid).elements[3].state is JobState.CANCELLED
+
+
+# -- SLURM --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    slurm = ensure("slurm")["slurm"]
+    res = {"partition": slurm["partition"], "time": "10m", "mem": "200M"}
+    base = tmp_path_factory.mktemp("sweep-slurm")
+    profiles = {"slurm": {"scheduler": "slurm", "python": sys.executable,
+                          "workdir": str(base / "work"), "resources": res}}
+    e, mp = make_env(tmp_path_factory, "sweep-slurm", profiles)
+    yield e
+    left = [r.native_id for r in api.list_jobs() if r.native_id and not r.state.final]
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True)
+    close_shell_and_backends()
+    mp.undo()
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_one_array_kill_one_and_retry(slurm_env, tmp_path):
+    write_profiles(slurm_env.base / "cj", slurm_env.profiles)
+    sh = new_shell()
+    flag = tmp_path / "flag"
+    ok(sh, f"flag = {str(flag)!r}")
+    ok(sh, '%%cluster slurm --async --sweep "a in range(5)" --job sw\n'
+           'import os, time\nif a == 3 and not os.path.exists(flag):\n    time.sleep(120)\n'
+           'sq = a * a')
+    sw = sh.user_ns["sw"]
+    recs = [e.job.record for e in sw.elements]
+    arrays = {r.native_id.split("_")[0] for r in recs}
+    assert len(arrays) == 1 and [r.native_id.split("_")[1] for r in recs] == list("01234")
+    array = arrays.pop()
+    wait_for(lambda: os.path.exists(os.path.join(recs[3].job_dir, "started.json")), 240,
+             "element 3 to start")
+    subprocess.run(["scancel", f"{array}_3"], check=True)
+    counts = sw.wait(300)
+    assert counts.done == 4 and counts.failed == 1
+    assert sw.elements[3].state in (JobState.CANCELLED, JobState.FAILED)
+    # provenance: each element ran as its task of the one array job, in another process
+    env0 = scheduler_env(sw.elements[1].job.record)
+    assert env0["SLURM_ARRAY_JOB_ID"] == array and env0["SLURM_ARRAY_TASK_ID"] == "1"
+    assert started_doc(sw.elements[1].job.record)["pid"] != os.getpid()
+    # a new shell (kernel restart) brings back everything finished so far
+    sh = new_shell()
+    with capture_output() as cap:
+        ok(sh, f"%cluster result {sw.id[:8]}")
+    assert "4 of 5 completed, 1 failed" in cap.stdout
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 1, 4, 16]
+    # retry: element 3 alone, as a new array of the same sweep; then the full result set
+    flag.write_text("")
+    from clusterjupyter.sweeps import Sweep
+
+    sw = Sweep(sw.id)
+    sw.retry()
+    new = sw.elements[3].job.record.native_id
+    assert new.split("_")[0] != array and new.endswith("_3")
+    assert sw.wait(300).done == 5
+    with capture_output() as cap:
+        ok(sh, f"%cluster result {sw.id[:8]}")
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.slurm
+def test_slurm_cancel_whole_sweep(slurm_env):
+    write_profiles(slurm_env.base / "cj", slurm_env.profiles)
+    sh = new_shell()
+    ok(sh, '%%cluster slurm --async --sweep "a in range(3)" --job sw\n'
+           'import time\ntime.sleep(120)\nx = a')
+    sw = sh.user_ns["sw"]
+    counts = sw.cancel()
+    assert counts.failed == 3 and counts.done == 0
+    assert {e.state for e in sw.elements} == {JobState.CANCELLED}
