@@ -137,7 +137,7 @@ def _format(obj: Any) -> tuple[dict, dict]:
     (pretty text, the enabled mime types), a figure as the inline backend shows it."""
     mpl_figure = sys.modules.get("matplotlib.figure")
     if mpl_figure is not None and isinstance(obj, mpl_figure.Figure):
-        from ._mpl_backend import figure_bundle
+        from ._figures import figure_bundle
 
         return figure_bundle(obj)
     if not _formatter:

@@ -32,7 +32,7 @@ from .transports import LocalTransport, Transport
 
 #: modules the runner needs on the cluster (shipped when the profile says ship_runner)
 RUNTIME_MODULES = ("__init__.py", "runner.py", "serialize.py", "jobdir.py", "_display.py",
-                   "_mpl_backend.py", "_workdir.py", "context.py", "bundle.py")
+                   "_mpl_backend.py", "_figures.py", "_workdir.py", "context.py", "bundle.py")
 PROGRESS_THRESHOLD = 64 << 20
 
 

@@ -108,3 +108,12 @@ def test_the_return_path_is_one_way():
     for low in ("monitor", "journal", "serialize", "jobdir", "metrics"):
         assert not reaches(graph, f"clusterjupyter.{low}") & upper, low
     assert "clusterjupyter.api" not in reaches(graph, "clusterjupyter.backends")
+
+
+def test_everything_the_runner_imports_is_shipped_with_it():
+    from clusterjupyter.backends import RUNTIME_MODULES
+
+    graph = import_graph()
+    needed = reaches(graph, "clusterjupyter.runner") | {"clusterjupyter.runner"}
+    shipped = {"clusterjupyter." + name.removesuffix(".py") for name in RUNTIME_MODULES}
+    assert needed <= shipped | {"clusterjupyter"}, sorted(needed - shipped)
