@@ -154,7 +154,7 @@ class Backend:
     def spec(self, job_id: str, sub: Submission) -> JobSpec:
         return JobSpec(job_id=job_id, name=sub.name, paths=JobPaths(self.root, job_id),
                        resources=self.profile.default_resources.merged(sub.resources),
-                       python=self.profile.interpreter, secret_path=self._remote_secret or "",
+                       python=self.interpreter, secret_path=self._remote_secret or "",
                        prelude=list(self.profile.prelude), env=dict(self.profile.env),
                        pythonpath=self._pythonpath)
 
@@ -163,22 +163,50 @@ class Backend:
         self.prepare()
         return self.scheduler.render(self.spec("0" * 32, sub))
 
+    @property
+    def interpreter(self) -> str:
+        """The jobs' interpreter: the synced environment's (``%cluster env sync``), or the
+        profile's."""
+        from .envsync import interpreter
+
+        return interpreter(self.profile)
+
     def check_environment(self, sub: Submission) -> None:
         """The environment guard (:mod:`.envguard`): raise EnvironmentMismatch, before anything
         is written, when the job's interpreter cannot load what the cell needs; print a one-line
-        warning for smaller differences. The interpreter is probed once (cached)."""
+        warning for smaller differences. The interpreter is probed once (cached). With
+        ``environment = "sync"`` a matching environment is built first when there is none or
+        the one in use no longer matches."""
         p = self.profile
         if p.environment == "off" or p.scheduler == "kubernetes" or (
-                not p.remote and p.python in (None, sys.executable)):
+                not p.remote and p.python in (None, sys.executable)
+                and p.environment != "sync"):
             return
-        from .envguard import check
+        from . import envguard, envsync
         from .envprobe import interpreter_info
 
         transport = getattr(self.transport, "inner", self.transport)   # no injected faults
-        info = interpreter_info(transport, p)
-        warning = check(info, sub, self.name, p.interpreter, transport.where)
+        if p.environment == "sync" and envsync.active(p) is None:
+            envguard.job_needs(sub, self.name)
+            self._sync()
+        try:
+            warning = envguard.check(interpreter_info(transport, p, self.interpreter), sub,
+                                     self.name, self.interpreter, transport.where)
+        except envguard.EnvironmentMismatch:
+            if p.environment != "sync":
+                raise
+            self._sync()      # the kernel's environment changed: another environment
+            warning = envguard.check(interpreter_info(transport, p, self.interpreter), sub,
+                                     self.name, self.interpreter, transport.where)
         if warning:
             print(warning, file=sys.stderr)
+
+    def _sync(self) -> None:
+        from . import envguard, envsync
+
+        self.prepare()
+        reqs = envsync.kernel_requirements(modules=envguard.needed_by_profile(self.name))
+        envsync.sync(self, reqs, say=lambda line: print(line, file=sys.stderr))
 
     def submit(self, sub: Submission) -> JobRecord:
         """Send the job and submit it exactly once; the record is in the journal afterwards."""

@@ -211,17 +211,26 @@ def table(rows: list[Row]) -> str:
 
 # -- over a backend -----------------------------------------------------------------------------
 
-def check(info: InterpreterInfo, sub: Any, profile: str, interpreter: str,
-          where: str) -> str | None:
-    """Raise EnvironmentMismatch when the job cannot load its inputs on ``info``'s interpreter;
-    return a one-line warning for differences that do not stop it (None when all match)."""
+def job_needs(sub: Any, profile: str) -> tuple[dict[str, tuple[str, str]],
+                                               dict[str, tuple[str, str]], bool]:
+    """``(by pickles, by the cell, uses dill)`` for a submission, with the kernel's
+    distribution and version of each module; remembered per profile for ``env sync``."""
     shipped = set(getattr(sub.workdir, "module_names", None) or ())
     pickled_mods, cell_mods = needed_modules(sub.packed.blobs.values(), sub.source,
                                              sub.packed.modules.values(), shipped)
     pickled = kernel_side(pickled_mods)
     by_cell = kernel_side(cell_mods)
-    missing = {m for m in (*pickled, *by_cell) if not info.has_module(m)}
+    _NEEDED.setdefault(profile, set()).update(pickled, by_cell)
     used_dill = any(getattr(b, "used_dill", False) for b in sub.packed.blobs.values())
+    return pickled, by_cell, used_dill
+
+
+def check(info: InterpreterInfo, sub: Any, profile: str, interpreter: str,
+          where: str) -> str | None:
+    """Raise EnvironmentMismatch when the job cannot load its inputs on ``info``'s interpreter;
+    return a one-line warning for differences that do not stop it (None when all match)."""
+    pickled, by_cell, used_dill = job_needs(sub, profile)
+    missing = {m for m in (*pickled, *by_cell) if not info.has_module(m)}
     verdict = compare(_python(), _dist_version("dill"), used_dill, pickled, by_cell, missing,
                       info)
     if verdict.refused:
@@ -236,6 +245,14 @@ def check(info: InterpreterInfo, sub: Any, profile: str, interpreter: str,
                 + "; ".join(f"{r.package} {r.kernel} here, {r.cluster} there"
                             for r in verdict.warned))
     return None
+
+
+_NEEDED: dict[str, set[str]] = {}
+
+
+def needed_by_profile(profile: str) -> set[str]:
+    """Every third-party module the guard found in this kernel's cells for ``profile``."""
+    return set(_NEEDED.get(profile, ()))
 
 
 def _python() -> str:

@@ -52,6 +52,7 @@ SUBCOMMANDS = {
     "panel": "open the job monitor panel",
     "metrics": "jobs by state, retries, reconnects, commands, timings per profile",
     "sweep": "show a sweep's elements and their states",
+    "env": "env sync|list|prune|off PROFILE [--packages a,b] [--all]: a matching environment",
 }
 
 
@@ -484,6 +485,30 @@ class ClusterMagics(Magics):
         from .widgets import Panel
 
         return Panel(self.shell)
+
+
+    def _cmd_env(self, rest: str) -> None:
+        from .envsync import ACTIONS, command
+
+        words = rest.split()
+        if not words or words[0] not in ACTIONS:
+            raise UsageError(f"usage: %cluster env {{{'|'.join(ACTIONS)}}} [PROFILE] "
+                             "[--packages a,b] [--all]")
+        packages = None
+        if "--packages" in words:
+            i = words.index("--packages")
+            packages = [p for p in ",".join(words[i + 1:i + 2]).split(",") if p]
+            del words[i:i + 2]
+        whole = "--all" in words
+        words = [w for w in words if w != "--all"]
+        if len(words) > 2 or any(w.startswith("-") for w in words):
+            raise UsageError(f"unexpected {' '.join(words[2:]) or words[-1]!r}; options: "
+                             "--packages a,b, --all")
+        backend = backend_for(self._profile_name(words[1] if len(words) > 1 else None))
+        try:
+            command(backend, words[0], packages, whole)
+        except ClusterError as e:
+            raise UsageError(str(e)) from None
 
 
 def _count(option: str, text: str) -> int:

@@ -18,7 +18,7 @@ import dill
 import numpy
 import pytest
 
-from clusterjupyter import api, envprobe
+from clusterjupyter import api, envprobe, envsync
 from clusterjupyter.envguard import Row, cell_imports, compare, pickle_modules, table
 from clusterjupyter.envprobe import InterpreterInfo
 from clusterjupyter.serialize import dumps
@@ -125,6 +125,10 @@ def env(tmp_path_factory, clusters, venvs):
                        "workdir": str(base / "lp")},
         "unchecked": ssh_profile(ssh, base / "unchecked", python=venvs["old"],
                                  environment="off"),
+        "syncold": ssh_profile(ssh, base / "sync", python=venvs["old"]),
+        # same work root: finds the environment "syncold" built, by its requirements' hash
+        "autosync": ssh_profile(ssh, base / "sync", python=venvs["nonumpy"],
+                                environment="sync"),
     }
     e, mp = make_env(tmp_path_factory, "env", profiles)
     envprobe.forget()
@@ -223,3 +227,83 @@ def test_local_profile_with_another_interpreter_runs_without_the_package(sh, env
                    "\nint((a * 3).sum())")
     assert value == 45 and sh.user_ns["exe"] == venvs["patch"]
     assert sh.user_ns["pid"] != os.getpid()
+
+
+# -- sync ---------------------------------------------------------------------------------------
+
+def env_line(shell, line: str) -> str:
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as cap:
+        ok(shell, f"%cluster env {line}")
+    return cap.stdout
+
+
+def profile_of(name: str):
+    from clusterjupyter.profiles import get_profile
+
+    return get_profile(name)
+
+
+@pytest.mark.ssh
+def test_sync_builds_a_matching_environment_and_the_refused_cell_runs(sh, env):
+    refused(sh, "syncold")
+    out = env_line(sh, "sync syncold --packages numpy")
+    entry = envsync.active(profile_of("syncold"))
+    assert entry and "built" in out and entry["dir"] in out
+    assert f"numpy=={numpy.__version__}" in entry["requirements"]
+    assert (Path(entry["dir"]) / ".complete").exists()
+    assert "Successfully installed" in (Path(entry["dir"]) / "build.log").read_text()
+    value = ok(sh, "%%cluster syncold\nimport os, sys\nexe = sys.executable\n"
+                   "conn = os.environ.get('SSH_CONNECTION', '')\nimport numpy\n"
+                   "nv = numpy.__version__\nb = a * 2\nint(b.sum())")
+    assert value == 30 and sh.user_ns["nv"] == numpy.__version__ and sh.user_ns["conn"]
+    assert sh.user_ns["exe"] == entry["python"]
+
+
+@pytest.mark.ssh
+def test_a_second_sync_and_the_next_jobs_reuse_the_environment(sh, env):
+    entry = envsync.active(profile_of("syncold"))
+    log = Path(entry["dir"]) / "build.log"
+    stamp = log.stat().st_mtime
+    t0 = time.perf_counter()
+    out = env_line(sh, "sync syncold --packages numpy")
+    seconds = time.perf_counter() - t0
+    assert "already there" in out and log.stat().st_mtime == stamp
+    print(f"second sync: {seconds:.3f} s")     # measured, not asserted
+    ok(sh, "%%cluster syncold\nimport sys\nexe2 = sys.executable")
+    assert sh.user_ns["exe2"] == entry["python"]
+
+
+@pytest.mark.ssh
+def test_env_sync_profile_option_uses_the_environment_of_the_same_requirements(sh, env):
+    # numpy is missing from this profile's own interpreter; "sync" finds the environment of
+    # the same requirements (built above) before the first job, and the job runs in it
+    value = ok(sh, "%%cluster autosync\nimport sys\nexe3 = sys.executable\nint(a.sum())")
+    assert value == 15
+    entry = envsync.active(profile_of("autosync"))
+    assert entry and sh.user_ns["exe3"] == entry["python"]
+    assert entry["digest"] == envsync.active(profile_of("syncold"))["digest"]
+
+
+@pytest.mark.ssh
+def test_changed_requirements_build_another_environment_and_prune_removes_the_old(sh, env):
+    first = envsync.active(profile_of("syncold"))
+    env_line(sh, "sync syncold --packages packaging")     # small: a quick build
+    second = envsync.active(profile_of("syncold"))
+    assert second["digest"] != first["digest"]
+    assert any(r.startswith("packaging==") for r in second["requirements"])
+    listed = env_line(sh, "list syncold")
+    assert first["digest"] in listed and f"* {second['digest']}" in listed
+    # the first one is still autosync's: kept until that profile lets it go
+    assert first["dir"] not in env_line(sh, "prune syncold")
+    assert "run with" in env_line(sh, "off autosync")
+    out = env_line(sh, "prune syncold")
+    assert first["dir"] in out and not Path(first["dir"]).exists()
+    assert Path(second["dir"], ".complete").exists()
+    assert first["digest"] not in env_line(sh, "list syncold")
+
+
+def test_env_command_names_its_actions(sh):
+    res = run(sh, "%cluster env build old")
+    assert res.error_in_exec is not None and "sync|list|prune|off" in str(res.error_in_exec)

@@ -1,0 +1,299 @@
+"""Environment sync: build on the cluster an environment matching the kernel's, once.
+
+The requirements are the kernel's distributions pinned to their versions (from
+:mod:`importlib.metadata`): by default those providing the modules the environment guard found
+in this kernel's cells for the profile (else every module the kernel has imported, without the
+kernel's own machinery), plus dill and tblib; ``--all`` takes the whole kernel environment,
+``--packages`` names them. The environment lives in ``WORKDIR/envs/<hash of the requirements
+and Python minor version>``: built with ``uv`` when the cluster has it, else ``python -m venv``
+and pip, as a detached process whose log (``build.log``) stays in the directory; the marker
+``.complete`` is written last. A later sync with the same hash reuses it; a changed kernel
+environment gives another hash, hence another environment. The profile's jobs then run with
+the environment's interpreter (remembered in the user's data directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Iterable
+
+from . import envguard, envprobe
+from . import paths as local_paths
+from .errors import ClusterError
+
+#: always in a synced environment (the runner uses them)
+RUNTIME = ("dill", "tblib")
+#: the kernel's machinery: imported by every kernel, never needed by a job
+KERNEL_ONLY = frozenset({
+    "clusterjupyter", "ipykernel", "jupyter-client", "jupyter-core", "pyzmq", "tornado", "comm",
+    "debugpy", "nest-asyncio", "jupyter-server", "jupyterlab", "notebook", "ipywidgets",
+    "widgetsnbextension", "pytest", "pluggy", "iniconfig", "pip", "setuptools", "wheel",
+    "paramiko", "platformdirs", "tomli-w", "psutil", "pexpect", "ptyprocess", "appnope",
+})
+ACTIVE_FILE = "synced-envs.json"
+MARKER = ".complete"
+FAILED = ".failed"
+BUILD = r"""
+set -e
+dir=$1; base=$2; minor=$3
+cd "$dir"
+trap '[ -e .complete ] || touch .failed' EXIT
+py=$base
+if ! "$base" -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != sys.argv[1])' "$minor" \
+    && command -v "python$minor" >/dev/null 2>&1; then py=$(command -v "python$minor"); fi
+if command -v uv >/dev/null 2>&1; then
+  echo "clusterjupyter: uv venv --python $py"
+  uv venv --python "$py" venv
+  uv pip install --python venv/bin/python -r requirements.txt
+else
+  echo "clusterjupyter: $py -m venv, pip install"
+  "$py" -m venv venv
+  venv/bin/python -m pip install --disable-pip-version-check --no-input -r requirements.txt
+fi
+venv/bin/python -c "import sys; print('clusterjupyter: built', sys.version.split()[0])"
+touch .complete
+"""
+
+
+@dataclass
+class Requirements:
+    python_minor: str
+    lines: list[str]
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps([self.python_minor, sorted(self.lines)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def text(self) -> str:
+        return "".join(f"{x}\n" for x in sorted(self.lines))
+
+
+def _dist_of(module: str) -> list[str]:
+    return envguard._module_dists().get(module, [])
+
+
+def kernel_requirements(packages: Iterable[str] | None = None, modules: Iterable[str] = (),
+                        whole: bool = False) -> Requirements:
+    """The kernel's pinned distributions for ``packages`` (names), else those providing
+    ``modules``, else every imported module's; the whole environment with ``whole``."""
+    names: set[str] = set(RUNTIME)
+    if whole:
+        names |= {d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"]}
+    elif packages:
+        names |= set(packages)
+    else:
+        mods = set(modules) or {m.split(".", 1)[0] for m in list(sys.modules)}
+        for mod in mods - set(sys.stdlib_module_names):
+            names.update(_dist_of(mod))
+    lines = []
+    for name in sorted(names, key=envprobe.normalize):
+        if envprobe.normalize(name) in KERNEL_ONLY and not packages:
+            continue
+        try:
+            lines.append(f"{envprobe.normalize(name)}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            raise ClusterError(f"{name!r} is not installed in the kernel's environment") from None
+    return Requirements("%d.%d" % sys.version_info[:2], sorted(set(lines)))
+
+
+# -- which environment a profile uses -----------------------------------------------------------
+
+def _active_path() -> str:
+    return os.path.join(local_paths.data_dir(), ACTIVE_FILE)
+
+
+def _read_active() -> dict[str, Any]:
+    try:
+        with open(_active_path()) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def active(profile: Any) -> dict[str, Any] | None:
+    """The synced environment the profile's jobs use (``{"dir", "python", "digest",
+    "requirements"}``), or None."""
+    entry = _read_active().get(envprobe.cache_key(profile))
+    return entry if isinstance(entry, dict) else None
+
+
+def _set_active(profile: Any, entry: dict[str, Any] | None) -> None:
+    from .jobdir import write_atomic
+
+    data = _read_active()
+    key = envprobe.cache_key(profile)
+    if entry is None:
+        data.pop(key, None)
+    else:
+        data[key] = entry
+    os.makedirs(local_paths.data_dir(), mode=0o700, exist_ok=True)
+    write_atomic(_active_path(), json.dumps(data, indent=1).encode(), 0o600)
+
+
+def interpreter(profile: Any) -> str:
+    """The interpreter a profile's jobs run with: its synced environment's, or its own."""
+    if profile.environment != "off":
+        entry = active(profile)
+        if entry:
+            return shlex.quote(entry["python"])
+    return profile.interpreter
+
+
+# -- build, list, prune -------------------------------------------------------------------------
+
+def envs_root(backend: Any) -> str:
+    return posixpath.join(backend.root, "envs")
+
+
+def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
+         timeout: float = 3600, poll: float = 1.0) -> dict[str, Any]:
+    """Build (or reuse) the environment for ``reqs`` on ``backend``'s cluster and make it the
+    profile's. Returns its entry with ``"built"`` (False when it was already there) and
+    ``"seconds"``. Raises ClusterError with the build log's tail when the build fails."""
+    t0 = time.perf_counter()
+    profile = backend.profile
+    transport = getattr(backend.transport, "inner", backend.transport)
+    base = envprobe.interpreter_info(transport, profile)
+    d = posixpath.join(envs_root(backend), reqs.digest)
+    python = posixpath.join(d, "venv", "bin", "python")
+    marker, failed, log = (posixpath.join(d, n) for n in (MARKER, FAILED, "build.log"))
+    state = transport.existing([marker, failed, d])
+    built = marker not in state
+    if built:
+        if failed in state:
+            transport.remove_tree(d)
+            state = set()
+        if d not in state:
+            transport.makedirs(d)
+            transport.write(posixpath.join(d, "requirements.txt"), reqs.text().encode())
+            lines = envprobe.launch_lines(profile)[:-1]
+            argv = ["sh", "-c", "\n".join([*lines, BUILD]), "sh", d, base.executable,
+                    reqs.python_minor]
+            say(f"building the environment {reqs.digest} on {transport.where} "
+                f"({len(reqs.lines)} requirements; log: {log})")
+            transport.spawn(argv, log)
+        _follow(transport, log, marker, failed, say, timeout, poll)
+    entry = {"dir": d, "python": python, "digest": reqs.digest, "requirements": reqs.lines,
+             "python_minor": reqs.python_minor}
+    _set_active(profile, entry)
+    envprobe.forget(profile, shlex.quote(python))
+    return {**entry, "built": built, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _follow(transport: Any, log: str, marker: str, failed: str, say: Callable[[str], None],
+            timeout: float, poll: float) -> None:
+    offset = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        done = transport.existing([marker, failed])
+        try:
+            chunk = transport.read_from(log, offset)
+        except OSError:
+            chunk = b""
+        offset += len(chunk)
+        for line in chunk.decode(errors="replace").splitlines():
+            if line.strip():
+                say(f"  {line.rstrip()[:200]}")
+        if marker in done:
+            return
+        if failed in done:
+            tail = transport.tail(log, 30)
+            raise ClusterError(f"the environment build failed on {transport.where}; its log "
+                               f"({log}) ends with:\n{tail}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the environment build did not finish in {timeout:.0f} s; it "
+                               f"goes on there (log: {log})")
+        time.sleep(poll)
+
+
+def list_envs(backend: Any) -> list[dict[str, Any]]:
+    """The environments under the profile's work root: digest, state, requirements, in use."""
+    transport = getattr(backend.transport, "inner", backend.transport)
+    root = envs_root(backend)
+    done = transport.shell('cd "$1" 2>/dev/null || exit 0\nfor d in */; do [ -d "$d" ] && '
+                           'echo "${d%/}"; done', root, check=False)
+    names = [n for n in done.stdout.split() if n and n != "*"]
+    current = (active(backend.profile) or {}).get("digest")
+    out = []
+    for name in sorted(names):
+        d = posixpath.join(root, name)
+        present = transport.existing([posixpath.join(d, MARKER), posixpath.join(d, FAILED)])
+        state = ("ready" if posixpath.join(d, MARKER) in present else
+                 "failed" if posixpath.join(d, FAILED) in present else "building")
+        try:
+            reqs = transport.read(posixpath.join(d, "requirements.txt")).decode().split()
+        except OSError:
+            reqs = []
+        out.append({"digest": name, "dir": d, "state": state, "requirements": reqs,
+                    "active": name == current})
+    return out
+
+
+def prune(backend: Any) -> list[str]:
+    """Remove the environments of the profile's work root that no profile uses (and that are
+    not being built); their directories."""
+    transport = getattr(backend.transport, "inner", backend.transport)
+    in_use = {e.get("dir") for e in _read_active().values() if isinstance(e, dict)}
+    removed = []
+    for env in list_envs(backend):
+        if env["dir"] not in in_use and env["state"] != "building":
+            transport.remove_tree(env["dir"])
+            removed.append(env["dir"])
+    return removed
+
+
+def forget(profile: Any) -> None:
+    """The profile's jobs use its own interpreter again."""
+    _set_active(profile, None)
+
+
+def format_envs(envs: list[dict[str, Any]], where: str) -> str:
+    """``%cluster env list`` text."""
+    if not envs:
+        return f"no environments on {where}"
+    lines = [f"{'':1} {'HASH':<16} {'STATE':<8} REQUIREMENTS"]
+    for e in envs:
+        reqs = ", ".join(e["requirements"])
+        lines.append(f"{'*' if e['active'] else ' '} {e['digest']:<16} {e['state']:<8} "
+                     f"{reqs[:120]}")
+    return "\n".join(lines) + "\n(* in use by this profile)"
+
+
+#: ``%cluster env ACTION PROFILE [options]``
+ACTIONS = ("sync", "list", "prune", "off")
+
+
+def command(backend: Any, action: str, packages: list[str] | None = None, whole: bool = False,
+            say: Callable[[str], None] = print) -> Any:
+    """One ``env`` action on ``backend``'s profile (shared by the magic and the CLI)."""
+    if action == "sync":
+        backend.prepare()
+        reqs = kernel_requirements(packages, envguard.needed_by_profile(backend.name), whole)
+        entry = sync(backend, reqs, say)
+        say(f"{'built' if entry['built'] else 'already there:'} {entry['dir']} "
+            f"({entry['seconds']:.1f} s); jobs on {backend.name} now run with "
+            f"{entry['python']}")
+        return entry
+    if action == "list":
+        say(format_envs(list_envs(backend), backend.transport.where))
+        return None
+    if action == "prune":
+        removed = prune(backend)
+        say(f"removed {len(removed)} environment{'s' if len(removed) != 1 else ''}"
+            + "".join(f"\n  {d}" for d in removed))
+        return removed
+    if action == "off":
+        forget(backend.profile)
+        say(f"jobs on {backend.name} run with {backend.profile.interpreter} again")
+        return None
+    raise ClusterError(f"unknown env action {action!r}; valid: {', '.join(ACTIONS)}")
