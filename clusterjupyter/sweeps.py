@@ -199,7 +199,7 @@ class Sweep:
         for _, _, job_id in self.journal.sweep_elements(self.id):
             rec = self.journal.get(job_id)
             if rec is not None and rec.native_id:
-                out[rec.native_id.rsplit("_", 1)[0]] = None
+                out[self.backend.scheduler.array_of(rec.native_id)] = None
         return list(out)
 
     # -- elements ---------------------------------------------------------------------------
@@ -340,9 +340,7 @@ class Sweep:
         return self.wait(60)
 
     def _array_of(self, native_id: str) -> str:
-        if self.backend.scheduler.name == "local":
-            return native_id.split("_")[0]
-        return native_id.rsplit("_", 1)[0]
+        return self.backend.scheduler.array_of(native_id)
 
     def retry(self, max_running: int | None = None) -> "Sweep":
         """Run the elements that did not complete again, as a new array of this sweep; the

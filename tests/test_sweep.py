@@ -210,3 +210,35 @@ def test_slurm_cancel_whole_sweep(slurm_env):
     counts = sw.cancel()
     assert counts.failed == 3 and counts.done == 0
     assert {e.state for e in sw.elements} == {JobState.CANCELLED}
+
+
+# -- Grid Engine --------------------------------------------------------------------------------
+
+@pytest.mark.sge
+def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
+    sge = ensure("sge")["sge"]
+    monkeypatch.delenv("SGE_ROOT", raising=False)
+    monkeypatch.delenv("SGE_CELL", raising=False)
+    opts = {"bin_dir": "/usr/lib/gridengine",
+            "command_env": {"SGE_ROOT": sge["sge_root"], "SGE_CELL": sge["sge_cell"]}}
+    write_profiles(cj_home, {"sge": {"scheduler": "sge", "scheduler_options": opts,
+                                     "resources": {"partition": sge["queue"]}}})
+    sh = new_shell()
+    flag = tmp_path / "flag"
+    ok(sh, f"flag = {str(flag)!r}")
+    with capture_output() as cap:
+        ok(sh, '%%cluster sge --sweep "a in [1, 2, 3]" --job sw\nimport os\n'
+               'if a == 2 and not os.path.exists(flag):\n    raise ValueError("two")\nsq = a * a')
+    assert "2 of 3 completed, 1 failed" in cap.stdout and "ValueError: two" in cap.stdout
+    sw = sh.user_ns["sw"]
+    natives = [e.job.record.native_id for e in sw.elements]
+    array = natives[0].split(".")[0]
+    assert natives == [f"{array}.1", f"{array}.2", f"{array}.3"]
+    env = scheduler_env(sw.elements[2].job.record)
+    assert env["JOB_ID"] == array and env["SGE_TASK_ID"] == "3"
+    assert sh.user_ns["sq"]["sq"].tolist() == [1, 9]
+    flag.write_text("")
+    sw.retry()
+    assert sw.wait(300).done == 3
+    assert sw.elements[1].job.record.native_id.endswith(".2")
+    assert sw.results()["sq"]["sq"].tolist() == [1, 4, 9]

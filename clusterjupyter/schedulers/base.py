@@ -256,6 +256,10 @@ class Scheduler(abc.ABC):
         """The native id of element ``index`` of the array ``array_id``."""
         return f"{array_id}_{index}"
 
+    def array_of(self, native_id: str) -> str:
+        """The array an element's native id belongs to (what cancels the whole array)."""
+        return native_id.rsplit("_", 1)[0]
+
     @abc.abstractmethod
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         """Native status of the given jobs in one query (``job_ids`` are ours, same order)."""

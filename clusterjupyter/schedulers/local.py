@@ -66,6 +66,9 @@ class LocalScheduler(Scheduler):
                                      spec.paths.script, *map(str, indices)],
                                     spec.paths.scheduler_log)
 
+    def array_of(self, native_id: str) -> str:
+        return native_id.split("_")[0]
+
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         if not native_ids:
             return {}

@@ -105,6 +105,53 @@ class SGEScheduler(PBSScheduler):
             out.append(f"-P {res.account}")
         return out + [self.free_directive(d) for d in res.directives]
 
+    # -- job arrays (sweeps): tasks 1..N are elements 0..N-1; native ids "ARRAY.TASK" ----------
+    array_index = "$((SGE_TASK_ID - 1))"
+
+    def submit_array(self, spec: JobSpec, indices: Sequence[int], max_running: int) -> str:
+        # -t takes one range: a task between the indices whose element is not part of this
+        # array (a retry of some elements) finds no directory and exits at once
+        throttle = ["-tc", str(int(max_running))] if max_running else []
+        argv = self.argv("submit", "-t", f"{min(indices) + 1}-{max(indices) + 1}", *throttle,
+                         self.safe_path(spec.paths.script))
+        return self.parse_job_id(self.call_once(spec.paths.dir, argv).stdout)
+
+    def element_native_id(self, array_id: str, index: int) -> str:
+        return f"{array_id}.{index + 1}"
+
+    def array_of(self, native_id: str) -> str:
+        return native_id.split(".")[0]
+
+    def _array_status(self, ids: list[str], jobs: list[dict[str, str]]
+                      ) -> dict[str, NativeStatus]:
+        """Elements of arrays: from the qstat listing (its ``tasks`` ranges), else one
+        ``qacct -j ARRAY`` per array that has elements gone from qstat."""
+        out: dict[str, NativeStatus] = {}
+        gone: dict[str, list[str]] = {}
+        for native_id in ids:
+            array, _, task = native_id.partition(".")
+            for job in jobs:
+                if job.get("JB_job_number") == array and int(task) in task_set(
+                        job.get("tasks", "")):
+                    out[native_id] = self._listed(job)
+                    break
+            else:
+                gone.setdefault(array, []).append(native_id)
+        for array, members in gone.items():
+            done = self.call(self.argv("accounting", array), tolerate=True, retry=True)
+            if done.returncode != 0:
+                continue
+            latest: dict[str, dict[str, str]] = {}
+            for rec in parse_qacct(done.stdout):
+                if rec.get("jobnumber") == array:
+                    key = f"{array}.{rec.get('taskid', '').strip()}"
+                    if rec.get("end_time", "") >= latest.get(key, {}).get("end_time", ""):
+                        latest[key] = rec
+            for native_id in members:
+                if native_id in latest:
+                    out[native_id] = self.finished(latest[native_id])
+        return out
+
     def _word(self, option: str, default: str) -> str:
         value = str(self.options.get(option, default))
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
@@ -116,7 +163,10 @@ class SGEScheduler(PBSScheduler):
         if not native_ids:
             return {}
         ids = list(dict.fromkeys(native_ids))
-        listed = {job["JB_job_number"]: job for job in self._qstat_xml(self.user())}
+        jobs = self._qstat_xml(self.user())
+        listed = {job["JB_job_number"]: job for job in jobs}
+        out_arrays = self._array_status([i for i in ids if "." in i], jobs)
+        ids = [i for i in ids if "." not in i]
         out = {}
         now = time.time()
         wait = float(self.options.get("accounting_wait", 30))
@@ -136,7 +186,7 @@ class SGEScheduler(PBSScheduler):
             elif native_id in self._ran and now - self._gone.setdefault(native_id, now) < wait:
                 out[native_id] = NativeStatus(_S.RUNNING, "ended; waiting for its accounting "
                                               "record", native="finishing")
-        return out
+        return {**out, **out_arrays}
 
     def _qstat_xml(self, user: str) -> list[dict[str, str]]:
         return parse_qstat_jobs(self.call(self.argv("status", "-u", user), retry=True).stdout)
@@ -235,6 +285,17 @@ def error_reason(text: str) -> str:
         if line.startswith("error reason"):
             return line.split(":", 1)[1].strip() if ":" in line else line
     return ""
+
+
+def task_set(text: str) -> set[int]:
+    """``qstat``'s ``tasks`` field (``3``, ``3,4``, ``5-10:1``) as task numbers."""
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:-(\d+)(?::(\d+))?)?\s*", part)
+        if m:
+            lo, hi, step = int(m.group(1)), int(m.group(2) or m.group(1)), int(m.group(3) or 1)
+            out.update(range(lo, hi + 1, step))
+    return out
 
 
 def parse_qacct(text: str) -> list[dict[str, str]]:
