@@ -94,6 +94,7 @@ def test_local_sweep_failures_summary_retry(shell, tmp_path):
     assert counts.done == 6 and counts.failed == 0
     again = {e.index for e in sw.elements if e.job.id != first_ids[e.index]}
     assert again == {2, 3}
+    assert sorted(e.index for e in sw) == list(range(6))     # iteration: finished elements
     assert sw.results()["score"]["score"].tolist() == [10, 11, 20, 21, 30, 31]
 
 
