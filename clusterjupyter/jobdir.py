@@ -93,9 +93,11 @@ def check(expected: str, got: str, what: str) -> None:
         raise IntegrityError(f"signature of {what} does not verify; refusing to unpickle it")
 
 
-def sign_document(key: bytes, kind: str, doc: dict) -> tuple[bytes, bytes]:
-    """Serialize ``doc`` and sign it; returns (json bytes, signature bytes)."""
-    data = json.dumps(doc, sort_keys=True, indent=1).encode()
+def sign_document(key: bytes, kind: str, doc: dict,
+                  indent: int | None = 1) -> tuple[bytes, bytes]:
+    """Serialize ``doc`` and sign it; returns (json bytes, signature bytes). ``indent=None``:
+    compact (C-encoded, several times faster: many documents at once, e.g. a sweep's)."""
+    data = json.dumps(doc, sort_keys=True, indent=indent).encode()
     return data, mac(key, kind, data).encode()
 
 

@@ -381,7 +381,7 @@ class Sweep:
             eid = element_id(prefix, i)
             paths = JobPaths(backend.root, eid)
             t.makedirs(paths.dir, 0o700)
-            data, sig = sign_document(key, "manifest", docs[i])
+            data, sig = sign_document(key, "manifest", docs[i], indent=None)
             files[paths.manifest] = (data, 0o600)
             files[paths.manifest_sig] = (sig, 0o600)
             recs.append(JobRecord(id=eid, name=f"{sub.name}[{i}]", profile=backend.name,
