@@ -190,8 +190,13 @@ class Backend:
             envguard.job_needs(sub, self.name)
             self._sync()
         try:
-            warning = envguard.check(interpreter_info(transport, p, self.interpreter), sub,
-                                     self.name, self.interpreter, transport.where)
+            info = interpreter_info(transport, p, self.interpreter)
+            if not p.ship_runner and not info.clusterjupyter:
+                raise ClusterError(
+                    f"{self.interpreter} on {transport.where} cannot import clusterjupyter and "
+                    f"profile {self.name!r} has ship_runner = false: set ship_runner = true "
+                    f"(the runner travels with the job) or install clusterjupyter there")
+            warning = envguard.check(info, sub, self.name, self.interpreter, transport.where)
         except envguard.EnvironmentMismatch:
             if p.environment != "sync":
                 raise

@@ -244,6 +244,8 @@ def cmd_check(a: argparse.Namespace) -> int:
         for step in answer.get("steps", []):
             mark = "ok  " if step["ok"] else "FAIL"
             print(f"{mark} {step['name']:<10} {step['seconds']:6.2f}s  {step['detail']}")
+        if answer.get("environment", {}).get("table"):
+            print(answer["environment"]["table"])
         print(answer.get("message", ""))
     if answer.get("ok"):
         return OK

@@ -24,6 +24,7 @@ from .errors import ClusterError
 #: run by the job's interpreter; standard library only (Python 3.8+), one JSON line out
 PROBE = r"""
 import json, os, pkgutil, sys
+sys.path = [p for p in sys.path if p not in ("", ".")]   # as a job: not the login directory
 try:
     from importlib import metadata
     dists = {}
@@ -106,9 +107,11 @@ def launch_lines(profile: Any, interpreter: str | None = None) -> list[str]:
 
 def cache_key(profile: Any, interpreter: str | None = None) -> str:
     """Which interpreter this is: where (host, port, user), how it starts, with what."""
+    # a local interpreter inherits this process's PYTHONPATH
+    inherited = "" if profile.host else os.environ.get("PYTHONPATH", "")
     ident = json.dumps([profile.host or "", profile.port, profile.user or "",
                         interpreter or profile.interpreter, list(profile.prelude),
-                        sorted(profile.env.items())])
+                        sorted(profile.env.items()), inherited])
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 

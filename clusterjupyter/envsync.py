@@ -123,15 +123,20 @@ def _read_active() -> dict[str, Any]:
 def active(profile: Any) -> dict[str, Any] | None:
     """The synced environment the profile's jobs use (``{"dir", "python", "digest",
     "requirements"}``), or None."""
-    entry = _read_active().get(envprobe.cache_key(profile))
+    entry = _read_active().get(_active_key(profile))
     return entry if isinstance(entry, dict) else None
+
+
+def _active_key(profile: Any) -> str:
+    """One profile, its interpreter and its work root (where its environments live)."""
+    return f"{profile.name}:{envprobe.cache_key(profile)}:{profile.work_root}"
 
 
 def _set_active(profile: Any, entry: dict[str, Any] | None) -> None:
     from .jobdir import write_atomic
 
     data = _read_active()
-    key = envprobe.cache_key(profile)
+    key = _active_key(profile)
     if entry is None:
         data.pop(key, None)
     else:
@@ -297,3 +302,37 @@ def command(backend: Any, action: str, packages: list[str] | None = None, whole:
         say(f"jobs on {backend.name} run with {backend.profile.interpreter} again")
         return None
     raise ClusterError(f"unknown env action {action!r}; valid: {', '.join(ACTIONS)}")
+
+
+def health(backend: Any) -> tuple[str, dict[str, Any]]:
+    """For the health check: the version table of the jobs' interpreter against this Python
+    (the packages the guard found for the profile and the version-bound ones installed here),
+    and whether the synced environment in use is current. ``(one line, details)``."""
+    transport = getattr(backend.transport, "inner", backend.transport)
+    interp = backend.interpreter
+    info = envprobe.interpreter_info(transport, backend.profile, interp, refresh=True)
+    mods = envguard.needed_by_profile(backend.name) | {
+        m for m, dists in envguard._module_dists().items()
+        if envprobe.normalize(dists[0]) in envguard.VERSION_BOUND and "." not in m
+        and not m.startswith("_")}
+    kernel = envguard.kernel_side(mods)
+    missing = {m for m in kernel if not info.has_module(m)}
+    verdict = envguard.compare(envguard._python(), envguard._dist_version("dill"), True, kernel,
+                               {}, missing, info)
+    rows = [{"package": r.package, "kernel": r.kernel, "cluster": r.cluster, "why": r.why,
+             "refuse": r.refuse} for r in verdict.rows]
+    entry = active(backend.profile)
+    synced: dict[str, Any] = {"active": bool(entry)}
+    if entry:
+        want = kernel_requirements(modules=envguard.needed_by_profile(backend.name))
+        current = set(want.lines) <= set(entry["requirements"]) or \
+            want.digest == entry["digest"]
+        synced.update(digest=entry["digest"], dir=entry["dir"], current=current)
+    line = (f"{info.executable}: Python {info.python}, "
+            + (f"{len(verdict.rows)} version difference(s), {len(verdict.refused)} refusing"
+               if verdict.rows else "versions match")
+            + (f"; synced environment {entry['digest']} "
+               + ("current" if synced.get("current") else "out of date (env sync)")
+               if entry else ""))
+    return line, {"rows": rows, "table": envguard.table(verdict.rows) if verdict.rows else "",
+                  "synced": synced, "executable": info.executable}

@@ -287,6 +287,24 @@ def test_env_sync_profile_option_uses_the_environment_of_the_same_requirements(s
 
 
 @pytest.mark.ssh
+def test_health_check_shows_the_versions_and_the_synced_environment(sh, env):
+    from clusterjupyter.widgets.health import check_profile
+
+    answer = check_profile("old")
+    step = next(s for s in answer["steps"] if s["name"] == "environment")
+    assert step["ok"] and "1 refusing" in step["detail"] or "refusing" in step["detail"]
+    row = next(r for r in answer["environment"]["rows"] if r["package"] == "numpy")
+    assert row["kernel"] == numpy.__version__ and row["cluster"].startswith("1.")
+    assert row["refuse"] and "numpy" in answer["environment"]["table"]
+    answer = check_profile("syncold")
+    assert answer["environment"]["synced"]["current"] is True
+    assert "current" in answer["steps"][-1]["detail"]
+    cli = subprocess.run([sys.executable, "-m", "clusterjupyter.cli", "check", "old"],
+                         capture_output=True, text=True, timeout=120)
+    assert "numpy" in cli.stdout and "environment" in cli.stdout
+
+
+@pytest.mark.ssh
 def test_changed_requirements_build_another_environment_and_prune_removes_the_old(sh, env):
     first = envsync.active(profile_of("syncold"))
     env_line(sh, "sync syncold --packages packaging")     # small: a quick build
@@ -302,6 +320,20 @@ def test_changed_requirements_build_another_environment_and_prune_removes_the_ol
     assert first["dir"] in out and not Path(first["dir"]).exists()
     assert Path(second["dir"], ".complete").exists()
     assert first["digest"] not in env_line(sh, "list syncold")
+
+
+def test_ship_runner_off_without_the_package_says_what_to_set(sh, env, venvs, monkeypatch):
+    from helpers import write_profiles
+
+    profiles = dict(env.profiles)
+    profiles["noship"] = {"scheduler": "local", "python": venvs["patch"], "ship_runner": False,
+                          "workdir": str(env.base / "noship")}
+    write_profiles(env.base / "cj", profiles)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.chdir("/")
+    envprobe.forget()
+    res = run(sh, "%%cluster noship\nb = 1")
+    assert "ship_runner = true" in str(res.error_in_exec)
 
 
 def test_env_command_names_its_actions(sh):

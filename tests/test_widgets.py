@@ -338,7 +338,8 @@ def test_test_connection_on_local(panel: Any) -> None:
 
     result = check_profile("local")
     assert result["ok"], result
-    assert [s["name"] for s in result["steps"]] == ["backend", "python", "scheduler"]
+    assert [s["name"] for s in result["steps"]] == ["backend", "python", "scheduler",
+                                                    "environment"]
     assert all(s["seconds"] >= 0 for s in result["steps"])
     assert sys.version.split()[0] in result["steps"][1]["detail"]
 

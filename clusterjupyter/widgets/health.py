@@ -6,7 +6,9 @@ It exercises the path a job takes, in order, and stops at the first step that fa
    place the secret, ship the runner;
 2. ``python`` — run the profile's interpreter (after its prelude and environment) with
    ``import dill, sys; print(sys.version)`` through the transport;
-3. ``scheduler`` — run the scheduler's queue command (``squeue``, ``qstat``, ``ps`` …).
+3. ``scheduler`` — run the scheduler's queue command (``squeue``, ``qstat``, ``ps`` …);
+4. ``environment`` — the jobs' interpreter's versions against this Python (a table under
+   ``"environment"``) and whether a synced environment is current (:mod:`..envsync`).
 
 Nothing is submitted. Library code (no widgets): the magics or the server may use it as well.
 """
@@ -76,14 +78,23 @@ def check_profile(profile: Profile | str | None = None, timeout: float = 60.0) -
         n = len(entries)
         return f"{backend.scheduler.name} answered: {n} job{'s' if n != 1 else ''} in the queue"
 
+    def environment_step() -> str:
+        from ..envsync import health
+
+        line, state["environment"] = health(state["backend"])
+        return line
+
     for name, step in (("backend", backend_step), ("python", python_step),
-                       ("scheduler", scheduler_step)):
+                       ("scheduler", scheduler_step), ("environment", environment_step)):
         if not _run(name, step, steps):
             break
     failed = [s for s in steps if not s["ok"]]
     message = (f"{failed[0]['name']} failed: {failed[0]['detail']}" if failed
                else f"ok: {steps[1]['detail'].split(',')[0]} with dill; {steps[2]['detail']}")
-    return _answer(profile.name, steps, t0, message if failed else None, message)
+    answer = _answer(profile.name, steps, t0, message if failed else None, message)
+    if "environment" in state:
+        answer["environment"] = state["environment"]
+    return answer
 
 
 def _run(name: str, fn: Callable[[], str], steps: list[dict[str, Any]]) -> bool:

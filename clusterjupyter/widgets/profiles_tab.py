@@ -378,6 +378,9 @@ class ProfilesTab:
             rows.append(H.grid([mark, H.esc(s["name"]), H.esc(f"{s['seconds']:.2f}s"),
                                 H.titled(s["detail"], s["detail"])],
                                "1.2em 6em 4em minmax(10em,1fr)"))
+        table = result.get("environment", {}).get("table")
+        if table:   # versions that differ between this kernel and the jobs' interpreter
+            rows.append(f"<pre>{H.esc(table)}</pre>")
         head = H.message(result["message"], "ok" if result["ok"] else "error")
         value = (f"<div class=\"cj-health cj-health-{'ok' if result['ok'] else 'failed'}\">"
                  f"{head} <span style=\"color:{H.MUTED}\">({result['seconds']:.2f}s)</span>"
