@@ -1,12 +1,16 @@
 """Cost of the environment guard per cell, against packing the same inputs (the floor).
 
-    python benchmarks/bench_env.py [--runs 50]
+    python benchmarks/bench_env.py [--runs 50] [--sync]
 
 The guard reads the global references of the cell's pickles, the cell's imports, the kernel's
 versions of the packages found, and compares them with the interpreter's versions — learned
 once by a probe (its cold cost is a row of its own) and then cached. Target: ≤ 5 ms per cell
 with a warm cache. The job's interpreter here is this interpreter reached through a symlink
 (another path, so the guard runs; versions match).
+
+``--sync`` adds the cold sync of a small environment (numpy, dill, tblib: venv + pip on this
+machine, local transport) and a trivial job's round trip with the synced environment against
+the same job with the unsynced interpreter, in the same run (target: ≤ 0.1 s more).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def median_time(fn, runs: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--sync", action="store_true", help="also time a cold sync and jobs in it")
     args = ap.parse_args()
     home = tempfile.mkdtemp(prefix="cj-bench-env-")
     os.environ["CLUSTERJUPYTER_HOME"] = home
@@ -85,6 +90,44 @@ def main() -> None:
         print(f"{name:<46} {med * 1e3:10.2f} {'' if low is None else f'{low * 1e3:8.2f}':>8} "
               f"{'' if floor is None else f'{med / floor:10.3f}':>10}")
     print("target: guard ≤ 5 ms per cell (warm cache); floor: packing the same inputs")
+    if args.sync:
+        sync_rows(home, python, max(5, args.runs // 5))
+
+
+def sync_rows(home: str, python: str, runs: int) -> None:
+    import tomli_w
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from clusterjupyter import envsync
+    from clusterjupyter.backends import backend_for
+
+    config = os.path.join(home, "config")
+    os.makedirs(config, exist_ok=True)
+    work = os.path.join(home, "work2")
+    with open(os.path.join(config, "profiles.toml"), "wb") as f:
+        f.write(tomli_w.dumps({"profiles": {
+            "plain": {"python": python, "workdir": work},
+            "synced": {"python": python, "workdir": work}}}).encode())
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "clusterjupyter")
+    shell.run_cell("x = 20")
+    t0 = time.perf_counter()
+    envsync.command(backend_for("synced"), "sync", ["numpy"], say=lambda line: None)
+    cold = time.perf_counter() - t0
+
+    def cell(profile: str) -> None:
+        r = shell.run_cell(f"%%cluster {profile}\ny = x + 1\ny", silent=True)
+        assert r.success and shell.user_ns["y"] == 21
+
+    for p in ("plain", "synced"):
+        cell(p)      # warm up (probe, runner shipped)
+    plain = median_time(lambda: cell("plain"), runs)[0]
+    synced = median_time(lambda: cell("synced"), runs)[0]
+    print(f"\n{'measurement':<46} {'seconds':>10}")
+    print(f"{'cold sync: numpy, dill, tblib (venv + pip)':<46} {cold:10.2f}")
+    print(f"{'trivial job, unsynced interpreter (median)':<46} {plain:10.3f}")
+    print(f"{'trivial job, synced environment (median)':<46} {synced:10.3f}")
+    print(f"{'overhead of the synced environment':<46} {synced - plain:10.3f}  (target ≤ 0.1)")
 
 
 if __name__ == "__main__":
