@@ -46,6 +46,22 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else "…" + text[-MAX_TEXT:]
 
 
+def user_frames(traceback_text: str) -> str:
+    """A traceback without the frames of clusterjupyter's own runner (the user wrote the
+    cell, not the code that runs it)."""
+    out: list[str] = []
+    skipping = False
+    for line in traceback_text.splitlines(keepends=True):
+        if line.startswith("  File "):
+            skipping = '/clusterjupyter/' in line.replace("\\", "/") and '"' in line \
+                and line.split('"')[1].replace("\\", "/").rsplit("/", 2)[-2] == "clusterjupyter"
+        elif not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
 def _exception(backend: Backend, rec: JobRecord) -> dict[str, str]:
     """The cell's exception from the verified result document (empty if none or unreadable)."""
     p = backend.paths(rec)
@@ -60,7 +76,7 @@ def _exception(backend: Backend, rec: JobRecord) -> dict[str, str]:
     if doc.get("job_id") != p.job_id or not isinstance(exc, dict):
         return {}
     return {"type": str(exc.get("type", "")), "message": str(exc.get("message", "")),
-            "traceback": _clip(str(exc.get("traceback", "")))}
+            "traceback": _clip(user_frames(str(exc.get("traceback", ""))))}
 
 
 def describe(backend: Backend, rec: JobRecord, runner: dict | None, state: JobState,
@@ -125,7 +141,7 @@ def explain(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
     extra = []
     if err.get("limit"):
         extra.append(f"hit its {err['limit']}")
-    if err.get("signal") and err["signal"] not in text:
+    if err.get("signal") and err["signal"] not in text and rec.state is not JobState.CANCELLED:
         extra.append(f"stopped by {err['signal']}")
     elif (rec.exit_code not in (None, 0) and not err.get("type") and not err.get("signal")
           and rec.state is not JobState.CANCELLED

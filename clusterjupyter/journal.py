@@ -198,6 +198,19 @@ class Journal:
         sets = ", ".join(f"{k} = :{k}" for k in changes)
         self._conn().execute(f"UPDATE jobs SET {sets} WHERE id = :id", {**changes, "id": job_id})
 
+    def rename_notebook(self, old: str, new: str) -> int:
+        """Jobs of notebook ``old`` (or of notebooks under directory ``old``) now belong to
+        ``new``; returns how many jobs moved."""
+        c = self._conn()
+        n = c.execute("UPDATE jobs SET notebook = ?, updated = ? WHERE notebook = ?",
+                      (new, time.time(), old)).rowcount
+        prefix = old.rstrip("/") + "/"
+        n += c.execute("UPDATE jobs SET notebook = ? || substr(notebook, ?), updated = ? "
+                       "WHERE substr(notebook, 1, ?) = ?",
+                       (new.rstrip("/") + "/", len(prefix) + 1, time.time(), len(prefix),
+                        prefix)).rowcount
+        return n
+
     def get(self, job_id: str) -> JobRecord | None:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return JobRecord.from_row(row) if row else None

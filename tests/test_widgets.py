@@ -411,7 +411,7 @@ def test_job_status_text_fallback_without_a_kernel(shell: Any) -> None:
 
     job = submit(shell, "w = 3", "text-status")
     st = JobStatus(shell, job.record)
-    assert st.widget is None and st.handle is None  # plain shell: silent, like StatusLine
+    assert st.widget is None and st.handle is None  # plain shell: silent
     wait_for(lambda: state(job.id) == "completed")
     st.update(api.journal().get(job.id))
     assert "completed" in st.last and job.id[:8] in st.last
@@ -578,9 +578,7 @@ class Kernel:
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
     k = Kernel(str(tmp_path_factory.mktemp("kernelhome")))
-    r = k.run("%load_ext clusterjupyter\nimport clusterjupyter.magics as _m\n"
-              "from clusterjupyter.widgets import JobStatus, Panel\n"
-              "_m.StatusLine = JobStatus  # what the lead's swap will do")
+    r = k.run("%load_ext clusterjupyter\nfrom clusterjupyter.widgets import Panel")
     assert r["error"] is None, r
     yield k
     k.close()

@@ -9,6 +9,7 @@ Routes (under the server's ``base_url``)::
     GET  /clusterjupyter/profiles                                           {"profiles": [...]}
     GET  /clusterjupyter/queue?profile=NAME&all_users=1                     the scheduler's queue
     POST /clusterjupyter/queue/<profile>/<cancel|hold|release>  {"ids": [...]}   {"failed": {}}
+    POST /clusterjupyter/notebooks/rename  {"old": PATH, "new": PATH}       jobs follow a rename
 
 A listing carries each job's ``preview`` (first lines of the cell) and the failure's summary;
 one job carries its ``cell`` and its full ``error`` (remote traceback, log tail). The routes

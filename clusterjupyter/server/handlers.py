@@ -122,9 +122,14 @@ class JobsHandler(_Handler):
             path = live.get(job.kernel_id)
             if path is not None:
                 full = os.path.join(root, path)
-                if job.notebook and job.notebook != full:
-                    moved[job.id] = full
+                if job.notebook and job.notebook != full and not os.path.exists(job.notebook) \
+                        and os.path.exists(full):
+                    moved[job.id] = full  # renamed while the browser was away
                     job.notebook = full
+                else:
+                    path = None
+            if path is not None:
+                pass
             elif job.notebook and os.path.isabs(job.notebook):
                 rel = os.path.relpath(job.notebook, root)
                 path = "" if rel.startswith("..") else rel
@@ -182,6 +187,24 @@ class CancelHandler(_Handler):
         job = await self._job(ref)
         updated = await self._run(api.cancel_job, job.id)
         self._reply(job_json(updated))
+
+
+class RenameHandler(_Handler):
+    """The frontend renamed (or moved) a notebook or a folder: its jobs follow."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+            old, new = body["old"], body["new"]
+        except (ValueError, KeyError, TypeError):
+            raise _error(400, 'the body must be {"old": "<path>", "new": "<path>"}') from None
+        if not (isinstance(old, str) and isinstance(new, str) and old and new):
+            raise _error(400, "old and new must be paths under the server's root")
+        root = os.path.abspath(getattr(self.contents_manager, "root_dir", "") or os.getcwd())
+        moved = await self._run(api.journal().rename_notebook, os.path.join(root, old),
+                                os.path.join(root, new))
+        self._reply({"moved": moved})
 
 
 class QueueHandler(_Handler):
@@ -251,6 +274,7 @@ def route_table(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (root + job + "/cancel/?", CancelHandler),
         (url_path_join(root, "profiles") + "/?", ProfilesHandler),
         (url_path_join(root, "queue") + "/?", QueueHandler),
+        (url_path_join(root, "notebooks", "rename") + "/?", RenameHandler),
         (url_path_join(root, "queue") + r"/(?P<profile>[^/]+)/(?P<action>[a-z]+)/?",
          QueueActionHandler),
         (url_path_join(root, "metrics") + "/?", MetricsHandler),

@@ -1,8 +1,9 @@
 """The job monitor UI (ipywidgets 8, no custom JavaScript).
 
 * :class:`Panel` — ``%cluster panel``: Jobs / Profiles / Queue tabs, live.
-* :class:`JobStatus` — the live status of a running ``%%cluster`` cell (same interface as the
-  a text line without a kernel).
+* :class:`JobStatus` — the live status of a ``%%cluster`` cell, the status display the
+  extension gives the magics (a widget while the job runs, static HTML once it ends; a text
+  line without a kernel).
 * :func:`check_profile` — the health check behind "Test connection".
 
 Widgets never poll schedulers: they re-read the journal from one background thread and follow

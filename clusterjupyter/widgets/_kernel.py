@@ -147,12 +147,13 @@ class _BusyKeeper:
     def _publish_status(self, status: str, channel: str, parent: Any = None) -> None:
         self._original(status, channel, parent)
         cell = self.cell
-        if status != "idle" or cell is None:
-            return
-        answered = parent or self.kernel.get_parent(channel)
-        mine = (cell.get("header") or {}).get("msg_id")
-        if mine and (answered or {}).get("header", {}).get("msg_id") != mine:
-            self._original("busy", "shell", cell)
+        # the cell's own "idle" comes after post_run_cell (cell is None by then): any other
+        # "idle" while it runs answered a subshell or control request
+        if status == "idle" and cell is not None:
+            try:
+                self._original("busy", "shell", cell)
+            except Exception:
+                pass
 
 
 def keep_busy_while_running(shell: Any) -> None:
@@ -164,5 +165,6 @@ def keep_busy_while_running(shell: Any) -> None:
         keeper = getattr(kernel, "_clusterjupyter_busy", None)
         if keeper is None:
             keeper = kernel._clusterjupyter_busy = _BusyKeeper(shell, kernel)
-    if on_main_thread() and keeper.cell is None:
-        keeper.cell = kernel.get_parent("shell")  # the cell that is running now
+    if keeper.cell is None:  # (called from the cell that is running now)
+        keeper.cell = kernel.get_parent("shell")
+

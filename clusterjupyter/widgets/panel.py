@@ -77,7 +77,7 @@ class Panel(W.VBox):
 
     def close(self) -> None:
         """Stop the live updates and close every widget of the panel."""
-        if getattr(self, "closed", True) and self.comm is None:
+        if getattr(self, "closed", True) and getattr(self, "comm", None) is None:
             return
         self.closed = True
         hub.unsubscribe(self)

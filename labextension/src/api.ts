@@ -27,7 +27,19 @@ export const LOG_STREAMS = ['stdout', 'stderr', 'scheduler'] as const;
 
 export type LogStream = (typeof LOG_STREAMS)[number];
 
-/** One journal record, as JobRecord.to_json() sends it. Times are Unix seconds. */
+/** Why a job did not complete (the journal's error record; a listing has the short form). */
+export interface IJobError {
+  type?: string;
+  message?: string;
+  exit_code?: number | null;
+  signal?: string;
+  limit?: string;
+  reason?: string;
+  traceback?: string;
+  log_tail?: string;
+}
+
+/** One journal record, as the server's job_json() sends it. Times are Unix seconds. */
 export interface IJob {
   id: string;
   name: string;
@@ -42,11 +54,57 @@ export interface IJob {
   finished: number | null;
   updated: number;
   elapsed: number | null;
-  cell: string;
+  /** the cell's source: only in getJob(); listings carry `preview` */
+  cell?: string;
+  preview: string;
   notebook: string;
+  /** the notebook's path under the server's root ('' if outside it or unknown) */
+  notebook_path?: string;
+  cell_id?: string;
+  kernel_id?: string;
   host: string;
   result_status: string;
+  error?: IJobError;
+  /** why it did not complete, in words (failed jobs) */
+  explanation?: string;
 }
+
+export interface IJobList {
+  /** the server's clock, to show elapsed times in step with the kernel's */
+  now: number;
+  jobs: IJob[];
+}
+
+export interface IQueueEntry {
+  native_id: string;
+  name: string;
+  user: string;
+  state: JobState;
+  native: string;
+  elapsed: string;
+  reason: string;
+  partition: string;
+  nodes: string;
+  /** the journal's id when the entry is one of this user's jobs */
+  job: string | null;
+}
+
+export interface IQueue {
+  profile: string;
+  scheduler: string;
+  queue: IQueueEntry[];
+}
+
+export interface IProfile {
+  name: string;
+  scheduler: string;
+  default: boolean;
+  [key: string]: unknown;
+}
+
+export const QUEUE_ACTIONS = ['cancel', 'hold', 'release'] as const;
+
+export type QueueAction = (typeof QUEUE_ACTIONS)[number];
 
 export interface ILogs {
   id: string;
@@ -105,13 +163,42 @@ async function request<T>(
   return body as T;
 }
 
-export async function listJobs(states: JobState[]): Promise<IJob[]> {
+export function listJobs(states: JobState[]): Promise<IJobList> {
   const query: Record<string, string> = {};
   if (states.length) {
     query.state = states.join(',');
   }
-  const body = await request<{ jobs: IJob[] }>(['jobs'], query);
-  return body.jobs;
+  return request<IJobList>(['jobs'], query);
+}
+
+/** One job in full: its cell and why it failed. */
+export function getJob(id: string): Promise<IJob> {
+  return request<IJob>(['jobs', id]);
+}
+
+export async function listProfiles(): Promise<IProfile[]> {
+  return (await request<{ profiles: IProfile[] }>(['profiles'])).profiles;
+}
+
+export function getQueue(profile: string, allUsers = false): Promise<IQueue> {
+  return request<IQueue>(['queue'], {
+    profile,
+    all_users: allUsers ? '1' : '0'
+  });
+}
+
+/** Cancel, hold or release scheduler jobs; returns the ids that failed, with why. */
+export async function queueAction(
+  profile: string,
+  action: QueueAction,
+  ids: string[]
+): Promise<Record<string, string>> {
+  const body = await request<{ failed: Record<string, string> }>(
+    ['queue', profile, action],
+    {},
+    { method: 'POST', body: JSON.stringify({ ids }) }
+  );
+  return body.failed;
 }
 
 export function jobLogs(
@@ -124,4 +211,14 @@ export function jobLogs(
 
 export function cancelJob(id: string): Promise<IJob> {
   return request<IJob>(['jobs', id, 'cancel'], {}, { method: 'POST' });
+}
+
+/** A notebook (or folder) was renamed: its jobs follow. Returns how many moved. */
+export async function renameNotebook(oldPath: string, newPath: string): Promise<number> {
+  const body = await request<{ moved: number }>(
+    ['notebooks', 'rename'],
+    {},
+    { method: 'POST', body: JSON.stringify({ old: oldPath, new: newPath }) }
+  );
+  return body.moved;
 }

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import re
 import uuid
 
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_sidebar_follows_the_journal(page: Page, lab) -> None:
         f.write("epoch 3\n")
     expect(logs).to_contain_text("epoch 3")
     page.get_by_test_id("cj-log-tab-stderr").click()
-    expect(logs).to_contain_text("no stderr output yet")
+    expect(logs).to_contain_text("(stderr is empty so far)")  # the panel's words too
     page.get_by_test_id("cj-log-tab-stdout").click()
 
     # the journal changes, the sidebar follows (polling every 2 s)
@@ -96,7 +97,7 @@ def test_sidebar_follows_the_journal(page: Page, lab) -> None:
     failed = add_job(JobState.FAILED, "broken-job", reason="ZeroDivisionError: division by zero",
                      exit_code=1, finished=time.time())
     expect(row(page, failed.id).get_by_test_id("cj-job-reason")).to_have_text(
-        "ZeroDivisionError: division by zero · exit code 1")
+        "ZeroDivisionError: division by zero (exit code 1)")
 
     # the state filter asks the server for matching jobs only
     page.get_by_test_id("cj-state-filter").select_option("active")
@@ -147,6 +148,19 @@ def make_notebook(lab, name: str, cells: list[str]) -> str:
     return name
 
 
+def close_all(page: Page) -> None:
+    """Close every document (their kernels keep running), answering "discard" to any prompt."""
+    page.evaluate("() => { void window.jupyterapp.commands.execute('application:close-all'); }")
+    deadline = time.time() + 30
+    while page.locator(".jp-Notebook").count() and time.time() < deadline:
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            discard = dialog.get_by_role("button", name=re.compile("Discard|Don.t save", re.I))
+            (discard.first if discard.count() else dialog.locator(".jp-mod-accept").first).click()
+        page.wait_for_timeout(200)
+    expect(page.locator(".jp-Notebook")).to_have_count(0)
+
+
 def run_next_cell(page: Page) -> None:
     """Run the active cell of the current notebook and select the next (without waiting)."""
     page.evaluate("() => { void window.jupyterapp.commands.execute("
@@ -177,9 +191,12 @@ def test_cluster_magic_jobs_in_the_sidebar(page: Page, lab) -> None:
     expect(quick).to_have_count(1, timeout=30_000)
     expect(quick.get_by_test_id("cj-job-state")).to_have_text("completed", timeout=60_000)
     quick.click()
-    expect(page.get_by_test_id("cj-log-title")).to_have_text("quick-job")
+    expect(page.get_by_test_id("cj-log-title")).to_contain_text("quick-job")
     expect(page.get_by_test_id("cj-log-text")).to_have_text("hello from the job\n")
+    # the click also took the notebook to the job's cell
+    expect(page.locator(".jp-Notebook .jp-Cell.jp-mod-active")).to_contain_text("quick-job")
 
+    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-InputPrompt").click()
     run_next_cell(page)
     long = page.locator(f'{PANEL} [data-testid="cj-job"]').filter(
         has=page.get_by_test_id("cj-job-name").get_by_text("long-job", exact=True))
@@ -199,3 +216,102 @@ def test_cluster_magic_jobs_in_the_sidebar(page: Page, lab) -> None:
 
     page.locator(PANEL).screenshot(path=str(ARTIFACTS / "sidebar.png"))
     page.screenshot(path=str(ARTIFACTS / "lab.png"))
+
+
+def test_sidebar_failure_grouping_navigation_rename_queue_and_clear(page: Page, lab) -> None:
+    """A failed job's error view, rows by notebook with id, host and submit time, elapsed
+    ticking, a click that opens the notebook at the job's cell, a rename followed, the queue
+    view's filter/sort/multi-select cancel, and "clear finished"."""
+    import socket
+
+    other = add_job(JobState.COMPLETED, "elsewhere-job", finished=time.time())
+    name = make_notebook(lab, "analysis.ipynb", [
+        "%load_ext clusterjupyter",
+        "%%cluster local --async --name will-fail\nimport sys\n"
+        "print('loading table', file=sys.stderr)\nrows = {}\nrows['no-such-row']",
+        "%%cluster local --async --name slow-fit\nimport time\ntime.sleep(600)",
+    ])
+    open_lab(page, lab)
+    close_all(page)
+    page.evaluate(f"() => window.jupyterapp.commands.execute('docmanager:open', "
+                  f"{{path: '{name}'}})")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status"
+        " === 'idle'", timeout=60_000)
+    run_next_cell(page)
+    expect(page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-InputPrompt")).to_have_text(
+        "[1]:", timeout=60_000)
+    run_next_cell(page)
+    run_next_cell(page)
+    open_sidebar(page)
+
+    group = page.locator(f'{PANEL} [data-testid="cj-group"][data-notebook="analysis.ipynb"]')
+    fail = group.locator('[data-testid="cj-job"]').filter(has_text="will-fail")
+    slow = group.locator('[data-testid="cj-job"]').filter(has_text="slow-fit")
+    expect(fail.get_by_test_id("cj-job-state")).to_have_text("failed", timeout=60_000)
+    expect(slow.get_by_test_id("cj-job-state")).to_have_text("running", timeout=60_000)
+    fail_id = fail.get_attribute("data-job-id")
+    assert fail_id
+    expect(fail.get_by_test_id("cj-job-id")).to_have_text(fail_id[:8])
+    expect(fail.get_by_test_id("cj-job-host")).to_have_text(f"on {socket.gethostname()}")
+    expect(fail.get_by_test_id("cj-job-submitted")).to_have_text(re.compile(r"\d"))
+    expect(fail.get_by_test_id("cj-job-reason")).to_contain_text(
+        "the cell raised KeyError: 'no-such-row'")
+    # jobs not from a notebook of this server are grouped apart
+    expect(page.locator(f'{PANEL} [data-testid="cj-group"][data-notebook=""]')
+           .locator(f'[data-job-id="{other.id}"]')).to_be_visible()
+
+    # elapsed time ticks every second, not every poll
+    elapsed = slow.get_by_test_id("cj-job-elapsed")
+    first = elapsed.inner_text()
+    expect(elapsed).not_to_have_text(first, timeout=3000)
+
+    # a failed job opens on why it failed
+    fail.click()
+    expect(page.get_by_test_id("cj-log-tab-error")).to_have_attribute("aria-selected", "true")
+    view = page.get_by_test_id("cj-error-view")
+    expect(view.get_by_test_id("cj-error-head")).to_contain_text("KeyError: 'no-such-row'")
+    expect(view.get_by_test_id("cj-error-traceback")).to_contain_text("Traceback")
+    expect(view.get_by_test_id("cj-error-logs")).to_contain_text("loading table")
+    ARTIFACTS.mkdir(exist_ok=True)
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    page.locator(PANEL).screenshot(path=str(docs / "sidebar-failed.png"))
+
+    # a click opens the notebook (closed here) at the job's cell
+    close_all(page)
+    slow.click()
+    expect(page.locator(".jp-Notebook .jp-Cell.jp-mod-active")).to_contain_text(
+        "--name slow-fit", timeout=30_000)
+
+    # the notebook is renamed while its kernel runs: its jobs follow
+    page.evaluate("() => window.jupyterapp.serviceManager.contents.rename("
+                  "'analysis.ipynb', 'renamed.ipynb')")
+    renamed = page.locator(f'{PANEL} [data-testid="cj-group"][data-notebook="renamed.ipynb"]')
+    expect(renamed.locator('[data-testid="cj-job"]')).to_have_count(2, timeout=30_000)
+    assert api.get_job(fail_id).notebook.endswith("renamed.ipynb")
+
+    # the queue view: filter, sort, select, cancel
+    page.get_by_test_id("cj-open-queue").click()
+    queue = page.locator(".cj-QueueView")
+    expect(queue).to_be_visible()
+    rows = queue.get_by_test_id("cj-queue-row")
+    expect(rows.filter(has_text="slow-fit")).to_have_count(1, timeout=30_000)
+    queue.get_by_test_id("cj-queue-filter").fill("slow-fit")
+    expect(rows).to_have_count(1)
+    queue.get_by_test_id("cj-queue-sort-name").click()
+    expect(queue.get_by_test_id("cj-queue-sort-name")).to_have_attribute("aria-sort",
+                                                                          "ascending")
+    expect(queue.get_by_test_id("cj-queue-cancel")).to_be_disabled()
+    rows.first.get_by_test_id("cj-queue-check").check()
+    page.screenshot(path=str(docs / "queue-view.png"))
+    queue.get_by_test_id("cj-queue-cancel").click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    expect(renamed.locator('[data-testid="cj-job"]').filter(has_text="slow-fit")
+           .get_by_test_id("cj-job-state")).to_have_text("cancelled", timeout=60_000)
+    expect(rows).to_have_count(0, timeout=30_000)
+
+    # "clear finished" hides the jobs that ended (the journal keeps them)
+    page.get_by_test_id("cj-clear-finished").click()
+    expect(page.locator(f'{PANEL} [data-testid="cj-job"]')).to_have_count(0)
+    assert api.get_job(fail_id).state is JobState.FAILED
