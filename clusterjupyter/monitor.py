@@ -335,8 +335,12 @@ class Monitor:
                 t.cancel_requested = latest is not None and latest.reason == CANCEL_REQUESTED
         now = time.time()
         periodic = force_query or now >= self._next_query
-        ask = [t for t in tracked if t.record.native_id and (periodic or (
-            now - t.asked_at >= ASK_EVERY and (t.ask or needs_scheduler(
+        # a job whose runner said how it ended needs no scheduler answer (a sweep's finished
+        # elements would otherwise send the tick's query on to accounting)
+        settled = {i for i, (e, _) in exits.items() if e is not None and (
+            e.get("state") == "completed" or e.get("cell_error"))}
+        ask = [t for t in tracked if t.record.native_id and t.record.id not in settled and (
+            periodic or (now - t.asked_at >= ASK_EVERY and (t.ask or needs_scheduler(
                 exits.get(t.record.id, (None, ""))[0], t.cancel_requested))))]
         if ask:
             answer = self.scheduler.status([t.record.native_id or "" for t in ask],
