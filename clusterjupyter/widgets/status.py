@@ -107,7 +107,7 @@ class JobStatus:
 
     def _bundle(self) -> dict[str, Any]:
         assert self.widget is not None
-        return {"text/plain": self.last, "text/html": self._static(self.record),
+        return {"text/plain": self.last,
                 VIEW_MIME: {"version_major": 2, "version_minor": 0,
                             "model_id": self.widget.model_id}}
 
