@@ -49,14 +49,16 @@ trap '[ -e .complete ] || touch .failed' EXIT
 py=$base
 if ! "$base" -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != sys.argv[1])' "$minor" \
     && command -v "python$minor" >/dev/null 2>&1; then py=$(command -v "python$minor"); fi
+set --
+[ -d wheels ] && set -- --no-index --find-links wheels
 if command -v uv >/dev/null 2>&1; then
   echo "clusterjupyter: uv venv --python $py"
   uv venv --python "$py" venv
-  uv pip install --python venv/bin/python -r requirements.txt
+  uv pip install --python venv/bin/python "$@" -r requirements.txt
 else
-  echo "clusterjupyter: $py -m venv, pip install"
+  echo "clusterjupyter: $py -m venv, pip install $*"
   "$py" -m venv venv
-  venv/bin/python -m pip install --disable-pip-version-check --no-input -r requirements.txt
+  venv/bin/python -m pip install --disable-pip-version-check --no-input "$@" -r requirements.txt
 fi
 venv/bin/python -c "import sys; print('clusterjupyter: built', sys.version.split()[0])"
 touch .complete
@@ -161,10 +163,14 @@ def envs_root(backend: Any) -> str:
 
 
 def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
-         timeout: float = 3600, poll: float = 1.0) -> dict[str, Any]:
+         timeout: float = 3600, poll: float = 1.0, offline: bool | None = None) -> dict[str, Any]:
     """Build (or reuse) the environment for ``reqs`` on ``backend``'s cluster and make it the
     profile's. Returns its entry with ``"built"`` (False when it was already there) and
-    ``"seconds"``. Raises ClusterError with the build log's tail when the build fails."""
+    ``"seconds"``. Raises ClusterError with the build log's tail when the build fails.
+    ``offline`` (default: the profile's ``env_offline``): the wheels are downloaded here and
+    shipped through the blob store; the cluster installs from them only."""
+    if offline is None:
+        offline = bool(getattr(backend.profile, "env_offline", False))
     t0 = time.perf_counter()
     profile = backend.profile
     transport = getattr(backend.transport, "inner", backend.transport)
@@ -180,6 +186,8 @@ def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
             state = set()
         if d not in state:
             transport.makedirs(d)
+            if offline:
+                ship_wheels(backend, transport, reqs, posixpath.join(d, "wheels"), say)
             transport.write(posixpath.join(d, "requirements.txt"), reqs.text().encode())
             lines = envprobe.launch_lines(profile)[:-1]
             argv = ["sh", "-c", "\n".join([*lines, BUILD]), "sh", d, base.executable,
@@ -193,6 +201,49 @@ def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
     _set_active(profile, entry)
     envprobe.forget(profile, shlex.quote(python))
     return {**entry, "built": built, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def ship_wheels(backend: Any, transport: Any, reqs: Requirements, wheels: str,
+                say: Callable[[str], None]) -> int:
+    """Download the wheels of ``reqs`` (and their dependencies) here with pip, put each under
+    its content address in the blob store (an unchanged one is not sent again) and link them
+    into ``wheels``. The cluster must share this machine's platform. Returns how many were
+    sent."""
+    import subprocess
+    import tempfile
+
+    from .serialize import Blob
+
+    with tempfile.TemporaryDirectory(prefix="cj-wheels-") as tmp:
+        req = os.path.join(tmp, "requirements.txt")
+        with open(req, "w") as f:
+            f.write(reqs.text())
+        say(f"downloading {len(reqs.lines)} requirements and their dependencies here (pip)")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-"
+                               "check", "--only-binary=:all:", "-q", "-d", tmp, "-r", req],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ClusterError(f"pip download failed here:\n{done.stderr.strip()[-2000:]}")
+        files = sorted(n for n in os.listdir(tmp) if n.endswith(".whl"))
+        blobs = {}
+        for name in files:
+            with open(os.path.join(tmp, name), "rb") as f:
+                data = f.read()
+            blobs[name] = (hashlib.sha256(data).hexdigest(), data)
+        store = posixpath.join(backend.root, "blobs")
+        present = transport.existing({posixpath.join(store, sha) for sha, _ in blobs.values()})
+        sent = 0
+        for sha, data in blobs.values():
+            path = posixpath.join(store, sha)
+            if path not in present:
+                transport.put_blob(Blob([memoryview(data)], len(data), sha256=sha), path)
+                sent += 1
+        transport.makedirs(wheels)
+        links = [x for name, (sha, _) in blobs.items()
+                 for x in (posixpath.join(store, sha), posixpath.join(wheels, name))]
+        transport.shell('while [ $# -gt 0 ]; do ln -sf "$1" "$2"; shift 2; done', *links)
+        say(f"wheels: {len(files)} ({sent} sent, {len(files) - sent} already there)")
+        return sent
 
 
 def _follow(transport: Any, log: str, marker: str, failed: str, say: Callable[[str], None],

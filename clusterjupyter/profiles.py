@@ -24,6 +24,7 @@ The file (``profiles.toml`` in the user's config directory, see :mod:`clusterjup
     faults = {rate = 0.05, seed = 1} # inject real clusters' faults (see clusterjupyter.faults)
     environment = "check"            # versions checked before each job; "sync": build a
                                      # matching environment there first; "off"
+    env_offline = false              # env sync: wheels downloaded here, shipped there
     [profiles.hpc.resources]         # defaults for --time, --mem, --cpus, ...
     time = "1h"
     partition = "debug"
@@ -82,6 +83,7 @@ class Profile:
     return_limit: str = ""
     faults: dict[str, Any] = field(default_factory=dict)   # fault injection (see faults.py)
     environment: str = ""                   # check (default) | sync | off (see envguard.py)
+    env_offline: bool = False               # env sync: wheels downloaded here, shipped there
 
     @property
     def remote(self) -> bool:

@@ -126,6 +126,7 @@ def env(tmp_path_factory, clusters, venvs):
         "unchecked": ssh_profile(ssh, base / "unchecked", python=venvs["old"],
                                  environment="off"),
         "syncold": ssh_profile(ssh, base / "sync", python=venvs["old"]),
+        "offline": ssh_profile(ssh, base / "offline", python=venvs["old"], env_offline=True),
         # same work root: finds the environment "syncold" built, by its requirements' hash
         "autosync": ssh_profile(ssh, base / "sync", python=venvs["nonumpy"],
                                 environment="sync"),
@@ -320,6 +321,23 @@ def test_changed_requirements_build_another_environment_and_prune_removes_the_ol
     assert first["dir"] in out and not Path(first["dir"]).exists()
     assert Path(second["dir"], ".complete").exists()
     assert first["digest"] not in env_line(sh, "list syncold")
+
+
+@pytest.mark.ssh
+def test_offline_sync_ships_wheels_content_addressed_once(sh, env):
+    out = env_line(sh, "sync offline --packages packaging")
+    first = envsync.active(profile_of("offline"))
+    wheels = Path(first["dir"], "wheels")
+    links = sorted(wheels.iterdir())
+    assert links and all(p.is_symlink() and p.resolve().parent.name == "blobs" for p in links)
+    assert "--no-index" in Path(first["dir"], "build.log").read_text()
+    assert f"wheels: {len(links)} ({len(links)} sent" in out
+    out = env_line(sh, "sync offline --packages packaging,tomli-w")
+    second = envsync.active(profile_of("offline"))
+    assert second["digest"] != first["digest"]
+    assert f"(1 sent, {len(links)} already there)" in out
+    ok(sh, "%%cluster offline\nimport sys, packaging\nexe4 = sys.executable")
+    assert sh.user_ns["exe4"] == second["python"]
 
 
 def test_ship_runner_off_without_the_package_says_what_to_set(sh, env, venvs, monkeypatch):
