@@ -48,6 +48,7 @@ def _params_mac(key: bytes, sweep_id: str, data: bytes) -> str:
 def submit(backend: Backend, sub: Submission, params: list[dict[str, Any]], axes: list[str],
            max_running: int, main: Any) -> "Sweep":
     """Send the shared inputs once and submit every element as one job array."""
+    backend.check_environment(sub)     # refused before anything is written, as a single job
     backend.prepare()
     sweep_id = uuid.uuid4().hex[:24]
     key = backend.key

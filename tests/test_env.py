@@ -211,6 +211,14 @@ def test_the_probe_runs_once_and_an_install_there_is_noticed(sh, env, venvs, mon
     assert calls == ["patch"]
 
 
+@pytest.mark.ssh
+def test_a_sweep_is_refused_like_a_single_job(sh):
+    before = len(api.list_jobs(limit=1000))
+    res = run(sh, '%%cluster old --sweep "k in [1, 2]"\nb = a * k')
+    assert "nothing was submitted" in str(res.error_in_exec)
+    assert len(api.list_jobs(limit=1000)) == before
+
+
 @pytest.mark.slurm
 def test_older_numpy_on_slurm_is_refused_before_sbatch(sh):
     text = refused(sh, "slurmold")
