@@ -135,8 +135,9 @@ class Profile:
 
         kw["scheduler"] = str(kw.get("scheduler", "local")).lower()
         if kw["scheduler"] not in available():
-            raise ProfileError(f"unknown scheduler {kw['scheduler']!r}; available: "
-                               f"{', '.join(sorted(available()))}", name, "scheduler")
+            installed = ", ".join(sorted(available())) or "none (is clusterjupyter installed?)"
+            raise ProfileError(f"unknown scheduler {kw['scheduler']!r}; installed: {installed}",
+                               name, "scheduler")
         if isinstance(kw.get("prelude"), str):
             kw["prelude"] = [kw["prelude"]]
         port = kw.get("port")

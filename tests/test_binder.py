@@ -93,8 +93,28 @@ def _venv() -> Path:
         site = _check(_run([str(python), "-c", "import sysconfig; "
                             "print(sysconfig.get_paths()['purelib'])"]), "venv").strip()
         Path(site, "clusterjupyter-working-copy.pth").write_text(f"{REPO}\n")
+        _write_dist_info(Path(site))
         _check(_run(["chmod", "-R", "a+rX", str(venv)]), "chmod")
     return venv
+
+
+def _write_dist_info(site: Path) -> None:
+    """The working copy's metadata, as an editable install writes it (Binder's postBuild runs
+    ``pip install .``): the entry points are the scheduler registry, so a working copy on
+    ``sys.path`` alone would have no schedulers."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    dist = site / "clusterjupyter-0.0.0.dist-info"
+    for old in site.glob("clusterjupyter-*.dist-info"):
+        shutil.rmtree(old)
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clusterjupyter\n"
+                                   "Version: 0.0.0\n")
+    groups = {**project.get("entry-points", {}),
+              **({"console_scripts": project["scripts"]} if "scripts" in project else {})}
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n"
+        for group, eps in groups.items()))
 
 
 def _alive(pid: int) -> bool:

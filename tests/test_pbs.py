@@ -11,7 +11,9 @@ parsing of Torque / PBS Pro output (recorded and verbatim-shaped) in test_schedu
 from __future__ import annotations
 
 import pytest
+from IPython.core.error import UsageError
 
+from clusterjupyter import api
 from clusterjupyter.errors import JobFailedError
 from clusterjupyter.schedulers.pbs import PBSScheduler
 from clusterjupyter.transports import LocalTransport
@@ -42,8 +44,15 @@ def test_qstat_x_is_dropped_once_the_wrappers_refuse_it(pbs):
 def test_a_job_whose_runner_cannot_start_says_why(shell, pbs, cj_home):
     """The wrappers report every finished job as C without an exit status: a job that ended
     without an exit file is reported as such (not left pending), with the scheduler log."""
-    write_profiles(cj_home, {"broken": {"scheduler": "pbs", "python": "/nonexistent/python3",
-                                        "scheduler_options": {"bin_dir": pbs["bin_dir"]}}})
+    broken = {"scheduler": "pbs", "python": "/nonexistent/python3",
+              "scheduler_options": {"bin_dir": pbs["bin_dir"]}}
+    # the environment guard finds the missing interpreter before anything is submitted ...
+    write_profiles(cj_home, {"broken": broken})
+    r = run(shell, "%%cluster broken\nv = 1")
+    assert isinstance(r.error_in_exec, UsageError), r.error_in_exec
+    assert "/nonexistent/python3" in str(r.error_in_exec) and api.list_jobs() == []
+    # ... and without the guard the job runs and ends without an exit file, which is said
+    write_profiles(cj_home, {"broken": {**broken, "environment": "off"}})
     r = run(shell, "%%cluster broken\nv = 1")
     err = r.error_in_exec
     assert isinstance(err, JobFailedError) and err.state == "failed"
