@@ -2,119 +2,31 @@
 
 A real IPython shell runs ``%%cluster`` cells on a profile that reaches 127.0.0.1 over SSH with
 no batch scheduler; transport-level tests cover host keys, ~/.ssh/config, ProxyJump, reconnects
-and interrupted uploads. The helpers at the top are reused by ``test_slurm.py``.
+and interrupted uploads.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
 
-import testclusters
 from clusterjupyter import api
 from clusterjupyter.errors import TransportError
 from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.transports.base import Progress
-from shells import ok, run  # noqa: F401  (run is re-exported to test_slurm.py)
+from helpers import (close_shell_and_backends, ensure, last_job, make_env, new_module_shell,
+                     ssh_profile, started_doc, through_sshd_restart)
+from shells import ok, run
 
 pytestmark = pytest.mark.ssh
-
-# -- helpers shared with test_slurm.py ----------------------------------------------------------
-
-
-def ensure(*services: str) -> dict:
-    """Start the services (real ones, never mocked); a service that cannot start fails the test."""
-    try:
-        return testclusters.ensure(*services)
-    except RuntimeError as e:
-        pytest.fail(f"test clusters {services} cannot start:\n{e}", pytrace=False)
-
-
-def toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def ssh_profile(ssh: dict, workdir: Path, **extra: object) -> dict:
-    prof = {"scheduler": "local", "host": ssh["host"], "port": ssh["port"], "user": ssh["user"],
-            "identity_file": ssh["identity_file"], "known_hosts": ssh["known_hosts"],
-            "python": sys.executable, "workdir": str(workdir)}
-    prof.update(extra)
-    return {k: v for k, v in prof.items() if v is not None}
-
-
-@dataclass
-class Env:
-    base: Path
-    home: Path
-    profiles: dict
-
-
-def make_env(tmp_path_factory, name: str, profiles: dict) -> tuple[Env, pytest.MonkeyPatch]:
-    """A clusterjupyter home with ``profiles`` and a HOME of its own (no personal ~/.ssh)."""
-    mp = pytest.MonkeyPatch()
-    base = tmp_path_factory.mktemp(name)
-    home = base / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    mp.setenv("HOME", str(home))
-    mp.setenv("CLUSTERJUPYTER_HOME", str(base / "cj"))
-    mp.setenv("IPYTHONDIR", str(base / "ipython"))
-    config = base / "cj" / "config"
-    config.mkdir(parents=True)
-    lines = []
-    for pname, body in profiles.items():
-        lines.append(f"[profiles.{pname}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
-        lines.append("")
-    (config / "profiles.toml").write_text("\n".join(lines))
-    return Env(base, home, profiles), mp
-
-
-def new_module_shell():
-    from shells import new_shell
-
-    return new_shell()
-
-
-def close_shell_and_backends() -> None:
-    from IPython.core.interactiveshell import InteractiveShell
-
-    from clusterjupyter import backends
-
-    InteractiveShell.clear_instance()
-    with backends._lock:
-        olds = list(backends._backends.values())
-        backends._backends.clear()
-    for b in olds:
-        try:
-            b.transport.close()
-        except Exception:
-            pass
-
-
-def last_job():
-    return api.list_jobs(limit=1)[0]
-
-
-def started_doc(rec) -> dict:
-    return json.loads(Path(JobPaths.from_dir(rec.job_dir).started).read_text())
 
 
 def host_key_fingerprint(path: str) -> str:
@@ -671,29 +583,6 @@ def test_a_command_that_may_have_run_is_not_repeated(env, tmp_path):
         assert marker.read_text() == "ran\n"
     finally:
         t.close()
-
-
-def through_sshd_restart(sh, profile: str, cell: str):
-    """Run a blocking ``cell`` on ``profile`` while, a second in, the test sshd restarts and the
-    client's connection drops as well; the value the cell gave (shared with test_slurm.py)."""
-    from clusterjupyter.backends import backend_for
-
-    backend = backend_for(profile)
-    ok(sh, f"%%cluster {profile}\nwarm = 1")     # connected, runner shipped
-
-    def restart() -> None:
-        testclusters.restart_sshd()
-        backend.transport.break_connection()
-
-    before = backend.transport.connects
-    timer = threading.Timer(1.0, restart)
-    timer.start()
-    try:
-        value = ok(sh, f"%%cluster {profile}\n{cell}")
-    finally:
-        timer.join()
-    assert backend.transport.connects > before      # it did reconnect
-    return value
 
 
 def test_sshd_restart_while_a_cell_runs(sh, env):
