@@ -404,6 +404,27 @@ def test_queue_errors_are_shown(panel: Any) -> None:
     assert panel.queue.table.children == ()
 
 
+def test_metrics_tab_shows_what_the_journal_counted(shell: Any, panel: Any) -> None:
+    from clusterjupyter import metrics
+
+    ok_job = submit(shell, "m = 1", "metrics-ok")
+    bad_job = submit(shell, "raise ValueError('metrics')", "metrics-bad")
+    wait_for(lambda: state(ok_job.id) == "completed" and state(bad_job.id) == "failed",
+             what="both jobs ended")
+    panel.tabs.selected_index = 3            # opening the tab reads the journal
+    figures = metrics.collect()["local"]
+    table = text(panel.metrics.table)
+    assert "local" in table and f"{figures.errors}" in table and figures.errors >= 1
+    assert figures.states["completed"] >= 1
+    assert f"completed</span> {figures.states['completed']}" in panel.metrics.table.value
+    before = figures.counters.get("submissions", 0)
+    done = submit(shell, "m = 2", "metrics-more")
+    wait_for(lambda: state(done.id) == "completed", what="a third job")
+    panel.metrics.refresh_button.click()     # refresh reads the journal again
+    after = metrics.collect()["local"].counters.get("submissions", 0)
+    assert after == before + 1 and f"{after}" in text(panel.metrics.table)
+
+
 # -- JobStatus -------------------------------------------------------------------------------
 def test_job_status_text_fallback_without_a_kernel(shell: Any) -> None:
     from clusterjupyter import api

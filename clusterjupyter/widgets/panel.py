@@ -1,7 +1,7 @@
 """``Panel``: the job monitor (``%cluster panel`` or ``clusterjupyter.Panel()``).
 
-Three tabs — Jobs, Profiles, Queue — in a plain ipywidgets ``VBox``: no custom JavaScript, so it
-renders in JupyterLab 4, Notebook 7 and any frontend with ipywidgets 8.
+Four tabs — Jobs, Profiles, Queue, Metrics — in a plain ipywidgets ``VBox``: no custom
+JavaScript, so it renders in JupyterLab 4, Notebook 7 and any frontend with ipywidgets 8.
 
 Live updates come from the widgets' background thread (:mod:`._live`), which holds the panel
 through a weak reference. The panel stops updating when it is closed (``close()``, or
@@ -21,6 +21,7 @@ import ipywidgets as W
 from ._kernel import cell_key, kernel_of
 from ._live import close_tree, hub
 from .jobs_tab import JobsTab
+from .metrics_tab import MetricsTab
 from .profiles_tab import ProfilesTab
 from .queue_tab import QueueTab
 
@@ -50,9 +51,10 @@ class Panel(W.VBox):
             self.jobs = JobsTab(self, limit)
             self.profiles = ProfilesTab(self)
             self.queue = QueueTab(self)
+            self.metrics = MetricsTab(self)
             self.tabs = W.Tab(children=[self.jobs.widget, self.profiles.widget,
-                                        self.queue.widget])
-            self.tabs.titles = ("Jobs", "Profiles", "Queue")
+                                        self.queue.widget, self.metrics.widget])
+            self.tabs.titles = ("Jobs", "Profiles", "Queue", "Metrics")
             self.tabs.observe(self._tab_changed, "selected_index")
         kwargs.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=[self.tabs], **kwargs)
@@ -82,7 +84,7 @@ class Panel(W.VBox):
         self.closed = True
         hub.unsubscribe(self)
         with self.lock:
-            for name in ("jobs", "profiles", "queue"):
+            for name in ("jobs", "profiles", "queue", "metrics"):
                 tab = getattr(self, name, None)
                 if tab is not None:
                     tab.close()
@@ -103,6 +105,8 @@ class Panel(W.VBox):
     def _tab_changed(self, change: Any) -> None:
         if change["new"] == 2 and not self.queue.loaded:
             self.queue.refresh()
+        elif change["new"] == 3:
+            self.metrics.refresh()
 
     def profiles_changed(self) -> None:
         """The profiles file changed: refresh the profile choices of the other tabs."""
