@@ -34,12 +34,25 @@ def signal_name(number: int | None) -> str:
 
 
 def _limit(rec: JobRecord, state: JobState) -> str:
+    """``time limit 2 min``: the limit the job hit, in the user's units (the options keep
+    seconds and megabytes)."""
     opts = rec.options or {}
     if state is JobState.TIMEOUT:
-        return "time limit" + (f" {opts['time']}" if opts.get("time") else "")
+        return "time limit" + (f" {text.limit_duration(opts['time'])}" if opts.get("time")
+                               else "")
     if state is JobState.OUT_OF_MEMORY:
-        return "memory limit" + (f" {opts['mem']}" if opts.get("mem") else "")
+        return "memory limit" + (f" {text.megabytes(opts['mem'])}" if opts.get("mem") else "")
     return ""
+
+
+def _limit_words(limit: str, reason: str) -> str:
+    """What to add about ``limit`` to ``reason``: only the amount when the reason already
+    names that limit (``time limit reached`` → ``2 s``)."""
+    kind, _, amount = limit.partition(" limit")
+    amount = amount.strip()
+    if f"{kind} limit" in reason.lower():
+        return amount
+    return f"hit its {limit}"
 
 
 def _clip(text: str) -> str:
@@ -135,19 +148,26 @@ def explain(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
     err = rec.error if err is None else err
     if err.get("type"):
         short = err["type"].rsplit(".", 1)[-1]
-        text = f"the cell raised {short}" + (f": {err['message']}" if err.get("message") else "")
+        why = f"the cell raised {short}" + (f": {err['message']}" if err.get("message") else "")
     else:
-        text = rec.reason or err.get("reason", "") or "no reason was reported"
+        why = rec.reason or err.get("reason", "") or "no reason was reported"
     extra = []
     if err.get("limit"):
-        extra.append(f"hit its {err['limit']}")
-    if err.get("signal") and err["signal"] not in text and rec.state is not JobState.CANCELLED:
+        extra.append(_limit_words(err["limit"], why))
+    # a cancel or a time limit explains the signal that stopped the job (the local scheduler's
+    # time limit is a SIGXCPU, a batch scheduler's a SIGTERM): no signal jargon then
+    quiet = rec.state in (JobState.CANCELLED, JobState.TIMEOUT)
+    if err.get("signal") and err["signal"] not in why and not quiet:
         extra.append(f"stopped by {err['signal']}")
     elif (rec.exit_code not in (None, 0) and not err.get("type") and not err.get("signal")
-          and rec.state is not JobState.CANCELLED
-          and not any(w in text for w in ("code", "signal"))):
+          and not quiet and not any(w in why for w in ("code", "signal"))):
         extra.append(f"exit code {rec.exit_code}")
-    return text + (f" ({'; '.join(extra)})" if extra else "")
+    extra = [e for e in extra if e]
+    if not extra:
+        return why
+    if why.endswith(")"):  # the reason's own parenthesis: ``… time limit (--time, 2 min)``
+        return f"{why[:-1]}, {'; '.join(extra)})"
+    return f"{why} ({'; '.join(extra)})"
 
 
 def headline(rec: JobRecord, err: dict[str, Any] | None = None) -> str:

@@ -411,7 +411,11 @@ def summary(rec: JobRecord) -> str:
     """One line describing a job's state (used by the status line and ``%cluster status``)."""
     parts = [f"job {rec.id[:8]}", rec.name, f"[{rec.profile}"
              + (f" #{rec.native_id}]" if rec.native_id else "]"), rec.state.value]
-    if rec.reason:
+    if rec.state.final and not rec.state.ok:
+        from .failure import explain  # the same words as the job's error, limit included
+
+        parts.append(f"({explain(rec, rec.error or {})})")
+    elif rec.reason:
         parts.append(f"({rec.reason})")
     if rec.started:
         parts.append(format_seconds(rec.elapsed))

@@ -153,16 +153,29 @@ def _read_capped(f: Any, limit: int, what: str) -> bytes:
     return b"".join(pieces)
 
 
+def output_names(name: str, entry: dict) -> str:
+    """The user's words for a result blob: ``output 'weights'``, ``outputs 'a', 'b'`` (a group
+    carries several names; its own name is internal)."""
+    names = list(entry.get("names") or []) if name in bundle.GROUPS else [name]
+    shown = [("the cell's value" if n == RESULT_KEY else "the cell's exception"
+              if n == EXCEPTION_KEY else repr(n)) for n in names]
+    if not shown:
+        return "an output"
+    return ("output " if len(shown) == 1 else "outputs ") + ", ".join(shown)
+
+
 def _read_verified(opener: Opener, path: str, entry: dict, what: str) -> tuple[bytes, list]:
-    """A blob's pickle stream and buffers, checked against its signed sha256 and size."""
+    """A blob's pickle stream and buffers, checked against its signed sha256 and size
+    (``what``: :func:`output_names`)."""
+    altered = f"{what} {'were' if what.startswith('outputs ') else 'was'} altered"
     digest = hashlib.sha256()
     with opener(path) as f:
         try:
             data, buffers = serialize.read_blob(f, digest, entry.get("size"))
         except pickle.UnpicklingError as e:
-            raise IntegrityError(f"{what} was altered ({e}); refusing to unpickle it") from None
+            raise IntegrityError(f"{altered} ({e}); refusing to unpickle it") from None
     if digest.hexdigest() != entry["sha256"]:
-        raise IntegrityError(f"{what} was altered; refusing to unpickle it")
+        raise IntegrityError(f"{altered}; refusing to unpickle it")
     return data, buffers
 
 
@@ -194,17 +207,18 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
             value: Any = __import__(entry["module"], fromlist=["_"])
         elif name in bundle.GROUPS:
             data, buffers = _read_verified(opener, paths.outputs + "/" + entry["file"], entry,
-                                           f"output {name}")
+                                           output_names(name, entry))
             value = bundle.load_group(data, buffers, main, resolve, kernel_object)
         else:
-            check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
+            check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"],
+                  output_names(name, entry))
             with opener(paths.outputs + "/" + entry["file"]) as f:
                 try:
                     value = serialize.load(f, main, resolve, expect_sha256=entry["sha256"],
                                            expect_size=entry.get("size"))
                 except serialize.BlobMismatch as e:
-                    raise IntegrityError(f"output {name!r} was altered ({e}); refusing to "
-                                         "unpickle it") from None
+                    raise IntegrityError(f"{output_names(name, entry)} was altered ({e}); "
+                                         "refusing to unpickle it") from None
         loaded[name] = value
         return value
 
@@ -228,7 +242,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
     # verify every signature before unpickling anything
     for name, entry in entries.items():
         if "module" not in entry:
-            check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"], f"output {name}")
+            check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"],
+                  output_names(name, entry))
     for entry_name, entry in entries.items():
         try:
             got = load(entry_name)

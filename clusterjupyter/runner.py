@@ -582,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.write_result(values, mutated, deleted, last, has_last, exc)
     except Terminated as t:
         if t.signum == signal.SIGXCPU:  # a time limit (the local scheduler's, RLIMIT_CPU)
-            runner.write_state("timeout", 128 + t.signum,
-                               f"time limit reached ({t} while {phase})", signal=t.signum)
+            # the signal stays in the exit file; the reason is in the user's words
+            runner.write_state("timeout", 128 + t.signum, "time limit reached",
+                               signal=t.signum)
         else:
             runner.write_state("cancelled", 128 + t.signum, f"terminated by {t} while {phase}",
                                signal=t.signum)

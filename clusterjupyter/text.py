@@ -39,6 +39,24 @@ def short_duration(seconds: float | None, precise: bool = False) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def limit_duration(seconds: float) -> str:
+    """A limit as people write it: ``2 s``, ``2 min``, ``1 h 30 min``, ``1 d 2 h`` (exact: the
+    units that are not zero; ``--time 2`` is ``2 min``, ``--time 2s`` is ``2 s``)."""
+    s = max(int(seconds), 0)
+    parts = []
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if s >= size:
+            parts.append(f"{s // size} {unit}")
+            s %= size
+    return " ".join(parts) or "0 s"
+
+
+def megabytes(mb: float) -> str:
+    """A memory size as people write it: ``4 GB`` for 4096, ``500 MB``."""
+    mb = int(mb)
+    return f"{mb // 1024} GB" if mb >= 1024 and mb % 1024 == 0 else f"{mb} MB"
+
+
 def clock_seconds(text: str | None) -> int | None:
     """Seconds from ``[[H:]M:]S`` (``00:10:04``, ``6s``, ``12``); None if absent or unreadable."""
     m = _CLOCK.fullmatch(text or "")

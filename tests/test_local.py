@@ -11,12 +11,14 @@ import time
 
 import pytest
 from IPython.core.error import UsageError
+from IPython.lib.pretty import pretty
 from IPython.utils.capture import capture_output
 
 from clusterjupyter import api
 from clusterjupyter.errors import CaptureError, IntegrityError, JobFailedError, RemoteError
 from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.jobs import Job, UnpicklableOutputWarning
+from clusterjupyter.journal import summary
 from clusterjupyter.states import JobState
 
 from shells import new_shell, ok, run
@@ -225,6 +227,9 @@ def test_tampered_result_is_refused_and_never_unpickled(shell, tmp_path):
     r = run(fresh, f"%cluster result {job.id}")
     assert isinstance(r.error_in_exec, IntegrityError)
     assert not marker.exists() and "loot" not in fresh.user_ns
+    # the message names the user's variable, never the internal group
+    assert "output 'loot' was altered" in str(r.error_in_exec)
+    assert "__ns__" not in str(r.error_in_exec)
     # a forged signature does not help either
     with open(paths.result_sig, "w") as f:
         f.write("0" * 64)
@@ -262,6 +267,13 @@ def test_time_limit_and_memory_limit_on_the_local_backend(shell):
     r = run(shell, "%%cluster --time 2s\nimport time\ntime.sleep(30)")
     assert isinstance(r.error_in_exec, JobFailedError)
     assert r.error_in_exec.state == "timeout" and last_job().state is JobState.TIMEOUT
+    # one reason in the user's words: the limit as given, no signal name, everywhere alike
+    rec = last_job()
+    assert str(r.error_in_exec).endswith("ended timeout: time limit reached (2 s)")
+    assert "SIG" not in str(r.error_in_exec)
+    assert "] timeout (time limit reached (2 s)) " in summary(rec)   # the status line
+    shown = pretty(ok(shell, f"%cluster status {rec.id[:8]}"))          # %cluster status
+    assert "timeout: time limit reached (2 s)" in shown and "SIG" not in shown
     r = run(shell, "%%cluster --mem 300M\nblock = bytearray(1024 * 1024 * 1024)")
     assert last_job().state is JobState.OUT_OF_MEMORY
     assert isinstance(r.error_in_exec, MemoryError)

@@ -160,6 +160,23 @@ def test_a_huge_claimed_buffer_is_refused_before_allocation(shell):
     assert peak < 256 << 20
 
 
+def test_a_flipped_bit_names_the_variables_of_the_altered_blob(shell):
+    job, _, blob_path, entry = finished_job(shell, "loot = list(range(5))\nhaul = 'gold'")
+    assert sorted(entry["names"]) == ["haul", "loot"]   # pickled together, in one group
+    with open(blob_path, "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-3, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 1]))
+    fresh = new_shell()
+    r = run(fresh, f"%cluster result {job.id[:8]}")
+    assert isinstance(r.error_in_exec, IntegrityError)
+    message = str(r.error_in_exec)
+    assert "outputs 'loot', 'haul' were altered" in message or \
+        "outputs 'haul', 'loot' were altered" in message, message
+    assert "__ns" not in message and "loot" not in fresh.user_ns
+
+
 def test_a_raw_pickle_in_place_of_a_result_blob_is_an_integrity_error(shell, tmp_path):
     job, _, blob_path, _ = finished_job(shell)
     marker = tmp_path / "pwned"
@@ -310,6 +327,27 @@ def test_time_limit_is_a_timeout_every_time_even_with_another_watcher(shell, cj_
     finally:
         poller.kill()
         poller.wait()
+
+
+def test_a_time_limit_is_told_once_in_the_users_units():
+    from clusterjupyter.failure import _limit, explain
+    from clusterjupyter.journal import JobRecord
+
+    def rec(reason: str, time_limit: int, **kw) -> JobRecord:
+        r = JobRecord("a1b2c3d4e5", "cell-1", "p", "slurm", JobState.TIMEOUT, 0.0, "", "",
+                      reason=reason, exit_code=kw.pop("exit_code", 0),
+                      options={"time": time_limit})
+        r.error = {"limit": _limit(r, JobState.TIMEOUT), **kw}
+        return r
+
+    # the local scheduler (the runner's SIGXCPU): `--time 2s`
+    assert explain(rec("time limit reached", 2, signal="SIGXCPU", exit_code=152)) \
+        == "time limit reached (2 s)"
+    # a batch scheduler's own words, stopped by its SIGTERM: `--time 90` is 90 minutes
+    assert explain(rec("reached its time limit (--time)", 5400, signal="SIGTERM")) \
+        == "reached its time limit (--time, 1 h 30 min)"
+    # a reason that does not name the limit says which one it was
+    assert explain(rec("stopped", 120)) == "stopped (hit its time limit 2 min)"
 
 
 def test_time_limit_is_a_timeout_in_a_real_kernel_too(cj_home):
