@@ -8,12 +8,13 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from IPython.utils.capture import capture_output
@@ -86,6 +87,14 @@ def cancel_leftovers(jobs: list) -> None:
                 job.backend.scheduler.cancel([job.native_id])
         except Exception:
             pass
+
+
+def scancel_leftovers() -> None:
+    """Cancel on SLURM every journal job not yet final (never leave a job of ours on the shared
+    test cluster, even after a failed test)."""
+    left = [r.native_id for r in api.list_jobs() if r.native_id and not r.state.final]
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True)
 
 
 # -- golden files -------------------------------------------------------------------------------
@@ -182,6 +191,26 @@ def close_shell_and_backends() -> None:
             b.transport.close()
         except Exception:
             pass
+
+
+def close_module_env(mp: pytest.MonkeyPatch) -> None:
+    """End of a module-scoped :func:`make_env` fixture: shell and transports closed, the
+    environment put back."""
+    close_shell_and_backends()
+    mp.undo()
+
+
+def module_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A fresh ``CLUSTERJUPYTER_HOME`` for a module-scoped fixture (``yield from`` it); the old
+    value comes back after."""
+    path = tmp_path_factory.mktemp(name)
+    old = os.environ.get("CLUSTERJUPYTER_HOME")
+    os.environ["CLUSTERJUPYTER_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CLUSTERJUPYTER_HOME", None)
+    else:
+        os.environ["CLUSTERJUPYTER_HOME"] = old
 
 
 def through_sshd_restart(sh, profile: str, cell: str):

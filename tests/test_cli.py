@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from helpers import module_home
 from shells import new_shell, ok, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    path = tmp_path_factory.mktemp("cli-home")
-    old = os.environ.get("CLUSTERJUPYTER_HOME")
-    os.environ["CLUSTERJUPYTER_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CLUSTERJUPYTER_HOME", None)
-    else:
-        os.environ["CLUSTERJUPYTER_HOME"] = old
+    yield from module_home(tmp_path_factory, "cli-home")
 
 
 @pytest.fixture(scope="module")

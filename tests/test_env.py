@@ -22,7 +22,7 @@ from clusterjupyter import api, envprobe, envsync
 from clusterjupyter.envguard import Row, cell_imports, compare, pickle_modules, table
 from clusterjupyter.envprobe import InterpreterInfo
 from clusterjupyter.serialize import dumps
-from helpers import close_shell_and_backends, ensure, make_env, new_module_shell, ssh_profile
+from helpers import close_module_env, ensure, make_env, new_module_shell, ssh_profile
 from shells import ok, run
 
 CACHE = Path("/var/tmp/clusterjupyter-envtest") / f"py{sys.version_info[0]}{sys.version_info[1]}"
@@ -134,8 +134,7 @@ def env(tmp_path_factory, clusters, venvs):
     e, mp = make_env(tmp_path_factory, "env", profiles)
     envprobe.forget()
     yield e
-    close_shell_and_backends()
-    mp.undo()
+    close_module_env(mp)
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,7 @@ def test_profile_keeps_its_fault_plan():
 
 @pytest.fixture(scope="module")
 def flaky(tmp_path_factory):
-    from helpers import (close_shell_and_backends, ensure, make_env, new_module_shell,
-                         ssh_profile)
+    from helpers import close_module_env, ensure, make_env, new_module_shell, ssh_profile
 
     ssh = ensure("sshd")["ssh"]
     remote = tmp_path_factory.mktemp("faults-remote")
@@ -70,8 +69,7 @@ def flaky(tmp_path_factory):
     ran = remote / "ran"
     ran.mkdir()
     yield new_module_shell(), ran
-    close_shell_and_backends()
-    mp.undo()
+    close_module_env(mp)
 
 
 @pytest.mark.ssh
@@ -98,8 +96,8 @@ def test_fault_matrix(flaky):
 
 @pytest.fixture(scope="module")
 def slurm_flaky(tmp_path_factory):
-    from helpers import (close_shell_and_backends, ensure, make_env, new_module_shell,
-                         ssh_profile)
+    from helpers import (close_module_env, ensure, make_env, new_module_shell,
+                         scancel_leftovers, ssh_profile)
 
     clusters = ensure("slurm", "sshd")
     ssh, slurm = clusters["ssh"], clusters["slurm"]
@@ -109,13 +107,8 @@ def slurm_flaky(tmp_path_factory):
         ssh, remote / "work", scheduler="slurm", resources=res,
         faults={"rate": 1.0, "seed": 1, "kinds": ["lost_answer"]})})
     yield new_module_shell()
-    from clusterjupyter import api
-
-    left = [r.native_id for r in api.list_jobs() if r.native_id and not r.state.final]
-    if left:
-        subprocess.run(["scancel", *left], capture_output=True)
-    close_shell_and_backends()
-    mp.undo()
+    scancel_leftovers()
+    close_module_env(mp)
 
 
 @pytest.mark.slurm

@@ -23,8 +23,9 @@ from clusterjupyter.errors import JobCancelledError, JobFailedError
 from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.schedulers.slurm import job_name
 from clusterjupyter.states import JobState
-from helpers import (check_golden, close_shell_and_backends, ensure, last_job, make_env,
-                     new_module_shell, ssh_profile, started_doc, through_sshd_restart, wait_for)
+from helpers import (check_golden, close_module_env, ensure, last_job, make_env,
+                     new_module_shell, scancel_leftovers, ssh_profile, started_doc,
+                     through_sshd_restart, wait_for)
 from shells import ok, run
 
 
@@ -64,12 +65,8 @@ def env(tmp_path_factory, clusters):
     e, mp = make_env(tmp_path_factory, "slurm", profiles)
     e.work = base  # type: ignore[attr-defined]
     yield e
-    # never leave a job of ours on the shared test cluster, even after a failed test
-    left = [r.native_id for r in api.list_jobs() if r.native_id and not r.state.final]
-    if left:
-        subprocess.run(["scancel", *left], capture_output=True)
-    close_shell_and_backends()
-    mp.undo()
+    scancel_leftovers()
+    close_module_env(mp)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from clusterjupyter import api
 from clusterjupyter.errors import TransportError
 from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.transports.base import Progress
-from helpers import (close_shell_and_backends, ensure, last_job, make_env, new_module_shell,
+from helpers import (close_module_env, ensure, last_job, make_env, new_module_shell,
                      ssh_profile, started_doc, through_sshd_restart)
 from shells import ok, run
 
@@ -80,8 +80,7 @@ def env(tmp_path_factory, ssh):
         f"{ssh['user']}@{ssh['host']} -W %h:%p\n")
     e.remote = remote  # type: ignore[attr-defined]
     yield e
-    close_shell_and_backends()
-    mp.undo()
+    close_module_env(mp)
 
 
 @pytest.fixture(scope="module")

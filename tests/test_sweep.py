@@ -14,8 +14,8 @@ from clusterjupyter import api
 from clusterjupyter.states import JobState
 from clusterjupyter.sweep import (SweepError, array_ranges, elements, gather, parse_axes,
                                   progress_line, count)
-from helpers import (close_shell_and_backends, ensure, make_env, scheduler_env, started_doc,
-                     wait_for, write_profiles)
+from helpers import (close_module_env, ensure, make_env, scancel_leftovers, scheduler_env,
+                     started_doc, wait_for, write_profiles)
 from shells import new_shell, ok, run
 
 
@@ -150,11 +150,8 @@ def slurm_env(tmp_path_factory):
                           "workdir": str(base / "work"), "resources": res}}
     e, mp = make_env(tmp_path_factory, "sweep-slurm", profiles)
     yield e
-    left = [r.native_id for r in api.list_jobs() if r.native_id and not r.state.final]
-    if left:
-        subprocess.run(["scancel", *left], capture_output=True)
-    close_shell_and_backends()
-    mp.undo()
+    scancel_leftovers()
+    close_module_env(mp)
 
 
 @pytest.mark.slurm

@@ -18,18 +18,7 @@ from typing import Any
 
 import pytest
 
-TIMEOUT = 30.0
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    deadline = time.time() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.1)
+from helpers import module_home, wait_for
 
 
 def text(widget: Any) -> str:
@@ -39,14 +28,7 @@ def text(widget: Any) -> str:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    path = tmp_path_factory.mktemp("cjhome")
-    old = os.environ.get("CLUSTERJUPYTER_HOME")
-    os.environ["CLUSTERJUPYTER_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("CLUSTERJUPYTER_HOME", None)
-    else:
-        os.environ["CLUSTERJUPYTER_HOME"] = old
+    yield from module_home(tmp_path_factory, "cjhome")
 
 
 @pytest.fixture(scope="module")
