@@ -354,14 +354,21 @@ def _library_hooks(doc: dict[str, Any]) -> dict[str, Callable[[Any], None]]:
     return hooks
 
 
-def apply(doc: dict[str, Any]) -> None:
-    """Make this job's process look like the kernel (before the cell runs)."""
+def _apply_env_and_path(doc: dict[str, Any]) -> None:
+    """The environment variables a settings document sets and unsets, and its ``sys.path``
+    entries appended (existing folders not there yet)."""
     env = doc.get("env") or {}
     for key in env.get("unset", []):
         os.environ.pop(key, None)
     os.environ.update(env.get("set", {}))
-    # the kernel's own entries come after the job's (its working directory, staged modules)
     sys.path.extend(p for p in doc.get("sys_path", []) if p not in sys.path and os.path.isdir(p))
+
+
+def apply(doc: dict[str, Any]) -> None:
+    """Make this job's process look like the kernel (before the cell runs)."""
+    # the kernel's own sys.path entries come after the job's (its working directory, staged
+    # modules)
+    _apply_env_and_path(doc)
     if doc.get("warnings"):
         _apply_warnings(doc["warnings"])
     os.environ["MPLBACKEND"] = job_backend(doc)
@@ -418,11 +425,7 @@ def apply_changes(doc: dict[str, Any]) -> None:
     library's default). A library the kernel has not imported gets them when it is."""
     if not doc:
         return
-    env = doc.get("env") or {}
-    for key in env.get("unset", []):
-        os.environ.pop(key, None)
-    os.environ.update(env.get("set", {}))
-    sys.path.extend(p for p in doc.get("sys_path", []) if p not in sys.path and os.path.isdir(p))
+    _apply_env_and_path(doc)
     if doc.get("warnings"):
         _apply_warnings(doc["warnings"] + _warning_filters())
     hooks: dict[str, Callable[[Any], None]] = {}

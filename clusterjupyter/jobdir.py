@@ -29,6 +29,7 @@ Standard library only: the runner imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -37,7 +38,7 @@ import posixpath
 import secrets
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 SECRET_ENV = "CLUSTERJUPYTER_SECRET_FILE"
 
@@ -185,21 +186,28 @@ class JobPaths:
 
 # -- atomic local files (used by the runner and the local transport) -----------------------------
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".")
+@contextlib.contextmanager
+def temp_beside(path: str, prefix: str) -> Iterator[tuple[int, str]]:
+    """A temporary file (descriptor, name) in ``path``'s folder, to write and then rename over
+    ``path``; removed if the block fails."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=prefix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        yield fd, tmp
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    with temp_beside(path, "." + os.path.basename(path) + ".") as (fd, tmp):
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
 
 
 def write_json_atomic(path: str, doc: Any) -> None:

@@ -323,7 +323,7 @@ class ClusterMagics(Magics):
             elif word == "--profile":
                 profile = next(it, None)
             elif word == "--limit":
-                limit = _count("--limit", next(it, ""))
+                limit = count_option("--limit", next(it, ""))
             else:
                 raise UsageError(f"unknown option {word!r} for %cluster jobs; valid: --active, "
                                  "--state STATE[,STATE], --profile NAME, --limit N")
@@ -365,7 +365,7 @@ class ClusterMagics(Magics):
             elif word in ("--stderr", "--stdout", "--scheduler"):
                 stream = word[2:]
             elif word in ("--tail", "-n"):
-                tail = _count("--tail", next(it, ""))
+                tail = count_option("--tail", next(it, ""))
             elif word.startswith("-"):
                 raise UsageError(f"unknown option {word!r} for %cluster logs; valid: "
                                  "--stream stdout|stderr|scheduler, --tail N")
@@ -511,7 +511,7 @@ class ClusterMagics(Magics):
             raise UsageError(str(e)) from None
 
 
-def _count(option: str, text: str) -> int:
+def count_option(option: str, text: str) -> int:
     """A positive whole number given to ``option``, or a UsageError saying so."""
     try:
         value = int(text)

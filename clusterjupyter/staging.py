@@ -42,7 +42,6 @@ import site
 import stat
 import sys
 import sysconfig
-import tempfile
 import types
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -50,7 +49,7 @@ from typing import Any, Iterable, Mapping
 from . import paths as local_paths
 from ._workdir import SKIP_DIRS, file_mac, safe_relpath
 from .errors import ClusterError, IntegrityError
-from .jobdir import blob_mac
+from .jobdir import blob_mac, temp_beside
 from .serialize import Blob
 
 #: defaults of the profile's stage_limit, stage_max_files and return_limit
@@ -727,8 +726,7 @@ def _receive_one(transport: Any, paths: Any, entry: dict[str, Any], dest: str, r
             out.kept_both[rel] = os.path.relpath(target, os.path.dirname(dest)) \
                 if os.path.dirname(rel) == "" else _side_name(rel, job_id)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".cj-")
-    try:
+    with temp_beside(target, ".cj-") as (fd, tmp):
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as fout, transport.open(
                 paths.dir + "/" + safe_relpath(entry["at"])) as fin:
@@ -739,12 +737,6 @@ def _receive_one(transport: Any, paths: Any, entry: dict[str, Any], dest: str, r
             raise IntegrityError("its content does not match what the job signed")
         os.chmod(tmp, (int(entry.get("mode", 0o644)) & 0o777 & ~_umask()) | 0o600)
         os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     if target == dest:
         out.written.append(rel)
 

@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from . import sweep as sweepmod
 from . import sweeps
 from .errors import ClusterError
+from .magics import count_option
 
 
 class SweepFailedError(ClusterError):
@@ -55,15 +56,7 @@ class _Line:
 
 
 def _whole(option: str, text: str | None, default: int) -> int:
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{option} needs a whole number of at least 1, not {text!r}")
-    return value
+    return default if text is None else count_option(option, text)
 
 
 def run_sweep(magics: Any, backend: Any, args: Any, cell: str) -> Any:
