@@ -180,6 +180,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 _CALL_FAILED = pytest.StashKey[bool]()
 
+#: JupyterLab's own rejection when a kernel connection is disposed (a notebook closed, renamed
+#: or its kernel restarted by the test) while its request for a widget subshell (JupyterLab
+#: >= 4.4 asks for one when the first widget appears) is still open; it is not raised by our
+#: code and says nothing about it. Every other uncaught error fails the test.
+_LAB_TEARDOWN = ("Canceled future for create_subshell_request message before replies were done",)
+
 
 @pytest.fixture
 def page(request: pytest.FixtureRequest, browser, lab):
@@ -190,6 +196,7 @@ def page(request: pytest.FixtureRequest, browser, lab):
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         yield pg
+        errors = [e for e in errors if not any(t in e for t in _LAB_TEARDOWN)]
         assert not errors, f"uncaught errors in the page: {errors}"
         if request.node.stash.get(_CALL_FAILED, False):
             ARTIFACTS.mkdir(exist_ok=True)
