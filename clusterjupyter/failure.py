@@ -190,3 +190,18 @@ def format_error(rec: JobRecord, err: dict[str, Any] | None = None, logs: bool =
 def empty_log(stream: str, final: bool) -> str:
     """What a front end shows for an empty log (the same words everywhere)."""
     return f"({stream} is empty)" if final else f"({stream} is empty so far)"
+
+
+def summary(rec: JobRecord) -> str:
+    """One line describing a job's state (used by the status line and ``%cluster status``)."""
+    parts = [f"job {rec.id[:8]}", rec.name, f"[{rec.profile}"
+             + (f" #{rec.native_id}]" if rec.native_id else "]"), rec.state.value]
+    if rec.state.final and not rec.state.ok:
+        parts.append(f"({explain(rec, rec.error or {})})")
+    elif rec.reason:
+        parts.append(f"({rec.reason})")
+    if rec.started:
+        parts.append(text.short_duration(rec.elapsed))
+    if rec.host and rec.state.final:
+        parts.append(f"on {rec.host}")
+    return " ".join(parts)

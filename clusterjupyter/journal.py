@@ -21,7 +21,7 @@ from .errors import AmbiguousJobError, JournalError, UnknownJobError
 from .paths import journal_path
 from .serialize import FingerprintStore
 from .states import JobState
-from .text import short_duration as format_seconds
+from .text import short_duration as format_seconds  # noqa: F401  (re-exported)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -405,20 +405,3 @@ def default_journal() -> Journal:
         if _default is None or _default.path != path:
             _default = Journal(path)
         return _default
-
-
-def summary(rec: JobRecord) -> str:
-    """One line describing a job's state (used by the status line and ``%cluster status``)."""
-    parts = [f"job {rec.id[:8]}", rec.name, f"[{rec.profile}"
-             + (f" #{rec.native_id}]" if rec.native_id else "]"), rec.state.value]
-    if rec.state.final and not rec.state.ok:
-        from .failure import explain  # the same words as the job's error, limit included
-
-        parts.append(f"({explain(rec, rec.error or {})})")
-    elif rec.reason:
-        parts.append(f"({rec.reason})")
-    if rec.started:
-        parts.append(format_seconds(rec.elapsed))
-    if rec.host and rec.state.final:
-        parts.append(f"on {rec.host}")
-    return " ".join(parts)

@@ -27,6 +27,7 @@ from .jobs import (Job, PushBack, Waiter, failure, interrupted, publish_display,
 from .failure import empty_log, format_error
 from .journal import JobRecord, format_seconds
 from . import context, kernelcell
+from .options import count_option
 from .payload import pack_inputs
 from .profiles import get_profile, load_profiles
 from .resources import Resources
@@ -509,17 +510,6 @@ class ClusterMagics(Magics):
             command(backend, words[0], packages, whole)
         except ClusterError as e:
             raise UsageError(str(e)) from None
-
-
-def count_option(option: str, text: str) -> int:
-    """A positive whole number given to ``option``, or a UsageError saying so."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{option} needs a whole number of at least 1, not {text!r}")
-    return value
 
 
 def _cell_id(shell: Any) -> str:

@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 from . import sweep as sweepmod
 from . import sweeps
 from .errors import ClusterError
-from .magics import count_option
+from .options import count_option
 
 
 class SweepFailedError(ClusterError):

@@ -18,7 +18,7 @@ from clusterjupyter import api
 from clusterjupyter.errors import CaptureError, IntegrityError, JobFailedError, RemoteError
 from clusterjupyter.jobdir import JobPaths
 from clusterjupyter.jobs import Job, UnpicklableOutputWarning
-from clusterjupyter.journal import summary
+from clusterjupyter.failure import summary
 from clusterjupyter.states import JobState
 
 from shells import new_shell, ok, run

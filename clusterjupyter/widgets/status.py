@@ -33,7 +33,7 @@ VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 def _summary(rec: JobRecord) -> str:
-    from ..journal import summary
+    from ..failure import summary
 
     return summary(rec)
 
