@@ -26,6 +26,7 @@ JOB_MAGICS = frozenset({
     "time", "timeit", "prun", "capture", "matplotlib", "config", "env", "cd", "pwd",
     "bash", "sh", "script", "perl", "ruby", "writefile", "html", "markdown", "latex",
     "javascript", "js", "svg", "precision", "who", "whos", "who_ls", "sx", "sc",
+    "load_ext", "reload_ext", "unload_ext",
 })
 _SHELL = ("!", )
 
@@ -87,10 +88,16 @@ def run_in_kernel(shell: Any, lines: list[tuple[str, str]]) -> Any:
     return result
 
 
-def check_magics(magics: list[tuple[str, str]]) -> None:
-    """Refuse, before anything is submitted, a magic a job cannot run as the kernel would."""
+def check_magics(magics: list[tuple[str, str]], known: Any = None) -> None:
+    """Refuse, before anything is submitted, a magic a job cannot run as the kernel would.
+
+    ``known`` is the kernel's magics (``shell.magics_manager.magics``): a magic this kernel
+    does not have runs in the job too, where an extension the cell loads may define it, or
+    IPython raises the kernel's own ``UsageError`` (not found) at the same point of the cell."""
     for kind, name in magics:
         if name in _SHELL or name in JOB_MAGICS:
+            continue
+        if known is not None and name not in known.get(kind, {}):
             continue
         prefix = "%%" if kind == "cell" else "%"
         runs = ", ".join(f"%{m}" for m in sorted(JOB_MAGICS))
@@ -107,7 +114,7 @@ def raise_in_cell(shell: Any, exc: BaseException) -> NoReturn:
     a cell that ran here: from the cell's own frames (no magic in between), a ``SyntaxError``
     as IPython shows one. ``exc.__traceback__`` holds those frames (or None)."""
     custom = getattr(shell, "custom_exceptions", None)
-    if (custom is None or isinstance(exc, (SystemExit, KeyboardInterrupt))
+    if (custom is None or isinstance(exc, (SystemExit, KeyboardInterrupt, UsageError))
             or (custom and isinstance(exc, custom))):
         raise exc
     frames = exc.__traceback__
@@ -132,7 +139,8 @@ def raise_in_cell(shell: Any, exc: BaseException) -> NoReturn:
 
 def replay_kernel_magics(shell: Any, magics: list[list[str]]) -> None:
     """Magics that changed the job's state (``%cd``, ``%env X=1``, ``%config``,
-    ``%matplotlib``) leave the kernel as the same cell would have: replayed here, quietly."""
+    ``%matplotlib``, ``%load_ext``) leave the kernel as the same cell would have: replayed
+    here, quietly. The job records only those that succeeded there."""
     from IPython.utils.capture import capture_output
 
     for name, line in magics:
@@ -148,6 +156,21 @@ def replay_kernel_magics(shell: Any, magics: list[list[str]]) -> None:
         except Exception as e:
             print(f"clusterjupyter: %{name} {line} ran in the job but not in this kernel: "
                   f"{type(e).__name__}: {e}", file=sys.stderr)
+
+
+def pyplot_drew(drew: bool) -> None:
+    """A cell that used pyplot in the job tells the kernel's inline backend so, as the same
+    cell would have here: after the cell it then shows the figures this kernel's pyplot holds
+    (one an earlier job left open under a file-only backend, one whose rendering failed in the
+    job), before the job's own figures."""
+    mpl = sys.modules.get("matplotlib")
+    inline = sys.modules.get("matplotlib_inline.backend_inline")
+    if not drew or mpl is None or inline is None or "matplotlib.pyplot" not in sys.modules:
+        return
+    from .context import INLINE_BACKENDS
+
+    if dict.get(mpl.rcParams, "backend") in INLINE_BACKENDS and mpl.is_interactive():
+        inline.show._draw_called = True
 
 
 class CellOutputs:

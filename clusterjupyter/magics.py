@@ -193,7 +193,7 @@ class ClusterMagics(Magics):
         except ProfileError as e:
             raise UsageError(str(e).replace("field", "option")) from None
         captured = gather(analysis, shell.user_ns, shell.user_ns_hidden, args.skip)
-        kernelcell.check_magics(analysis.magics)
+        kernelcell.check_magics(analysis.magics, getattr(shell.magics_manager, "magics", None))
         packed = pack_inputs(captured, shell.user_ns, shell.user_module)
         packed.extra.update(context=context.collect(), filename=filename)
         notebook = os.environ.get("JPY_SESSION_NAME", "")
@@ -275,6 +275,7 @@ class ClusterMagics(Magics):
             raise failure(job.backend, rec)
         result, _names = push(job, self.shell.user_ns, self.shell.user_module)
         kernelcell.replay_kernel_magics(self.shell, result.kernel_magics)
+        kernelcell.pyplot_drew(result.drew)
         if result.exception is not None:
             kernelcell.raise_in_cell(self.shell, result.exception)
         if result.value_bundle is not None:

@@ -18,7 +18,7 @@ from . import bundle, serialize
 from .capture import Captured
 from .errors import CaptureError, RemoteError, RemoteTraceback
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
-from .runner import EXCEPTION_KEY, RESULT_KEY
+from .runner import EXCEPTION_KEY, FIGURES_KEY, RESULT_KEY
 from .tracebacks import rebuild_traceback
 
 Opener = Callable[[str], Any]
@@ -113,6 +113,8 @@ class JobResult:
     files_left: dict[str, Any] = field(default_factory=dict)
     kernel_magics: list[list[str]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)   # settings the cell changed
+    figures: list[Any] = field(default_factory=list)  # left open by the job, now the kernel's
+    drew: bool = False                     # the cell used pyplot (the inline backend's flag)
 
     @property
     def warnings(self) -> dict[str, str]:
@@ -157,8 +159,9 @@ def output_names(name: str, entry: dict) -> str:
     """The user's words for a result blob: ``output 'weights'``, ``outputs 'a', 'b'`` (a group
     carries several names; its own name is internal)."""
     names = list(entry.get("names") or []) if name in bundle.GROUPS else [name]
-    shown = [("the cell's value" if n == RESULT_KEY else "the cell's exception"
-              if n == EXCEPTION_KEY else repr(n)) for n in names]
+    words = {RESULT_KEY: "the cell's value", EXCEPTION_KEY: "the cell's exception",
+             FIGURES_KEY: "the figures left open"}
+    shown = [words.get(n, repr(n)) for n in names]
     if not shown:
         return "an output"
     return ("output " if len(shown) == 1 else "outputs ") + ", ".join(shown)
@@ -194,7 +197,7 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
                        value_bundle=doc.get("result_bundle"),
                        files=dict(doc.get("files", {})), files_left=dict(doc.get("files_left", {})),
                        kernel_magics=list(doc.get("kernel_magics", [])),
-                       settings=dict(doc.get("settings") or {}))
+                       settings=dict(doc.get("settings") or {}), drew=bool(doc.get("drew")))
     entries = doc.get("values", {})
     loaded: dict[str, Any] = {}
 
@@ -259,6 +262,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
                 result.value, result.has_value = value, True
             elif name == EXCEPTION_KEY:
                 result.exception = _rebuild_exception(value, doc.get("exception", {}))
+            elif name == FIGURES_KEY:
+                result.figures = list(value)
             else:
                 result.values[name] = value
     order = {name: i for i, name in enumerate(doc.get("order", []))}
@@ -269,6 +274,8 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
                                        info.get("traceback", ""))
     for bucket in (result.unpicklable, result.unloadable):
         bucket.pop(EXCEPTION_KEY, None)  # replaced by a RemoteError above
+        if FIGURES_KEY in bucket:
+            bucket["the figures left open in the job"] = bucket.pop(FIGURES_KEY)
     if RESULT_KEY in result.unpicklable or RESULT_KEY in result.unloadable:
         result.unpicklable.pop(RESULT_KEY, None)
         result.unloadable.pop(RESULT_KEY, None)

@@ -42,6 +42,7 @@ from .jobdir import (SECRET_ENV, IntegrityError, JobPaths, blob_mac, check, load
 
 RESULT_KEY = "__result__"
 EXCEPTION_KEY = "__exception__"
+FIGURES_KEY = "__figures__"   # figures the job left open, for the kernel's pyplot
 SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_CPUS_ON_NODE", "JOB_ID",
                  "PBS_JOBID", "HOSTNAME", "KUBERNETES_SERVICE_HOST",
                  # a sweep's job array: which array, which element
@@ -65,7 +66,8 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 #: magics whose effect is on the kernel's state: run in the job, then again (quietly) in the
 #: kernel once the job's result is applied, as the same cell would leave the kernel
-KERNEL_STATE_MAGICS = ("matplotlib", "config", "cd", "env")
+KERNEL_STATE_MAGICS = ("matplotlib", "config", "cd", "env", "load_ext", "reload_ext",
+                       "unload_ext")
 
 
 class _Shell:
@@ -120,13 +122,17 @@ class _Shell:
         return SList(out.splitlines())
 
     def run_line_magic(self, name: str, line: str, _stack_depth: int = 1) -> Any:
-        if name in KERNEL_STATE_MAGICS:
-            self.kernel_magics.append([name, self._expand(line, _stack_depth)])
+        replay = self._expand(line, _stack_depth) if name in KERNEL_STATE_MAGICS else None
+        result = None
         if name == "matplotlib":
-            return _matplotlib_magic(line)
-        if name == "config" and line.strip().startswith("InlineBackend."):
-            return _inline_config(line)
-        return self._ipython().run_line_magic(name, line, _stack_depth + 1)
+            _matplotlib_magic(line)
+        elif name == "config" and line.strip().startswith("InlineBackend."):
+            _inline_config(line)
+        else:
+            result = self._ipython().run_line_magic(name, line, _stack_depth + 1)
+        if replay is not None:  # once it worked here (a failed %load_ext is not replayed)
+            self.kernel_magics.append([name, replay])
+        return result
 
     def run_cell_magic(self, name: str, line: str, cell: str) -> Any:
         return self._ipython().run_cell_magic(name, line, cell)
@@ -436,6 +442,9 @@ class Runner:
         items = dict(values)
         if has_last:
             items[RESULT_KEY] = last
+        figures, drew = _pyplot_state()
+        if figures:
+            items[FIGURES_KEY] = figures
         outputs = self.output_blobs(items, mutated, opts, entries, unpicklable)
         if exc is not None:
             try:
@@ -464,6 +473,8 @@ class Runner:
             except Exception as e:  # settings that cannot be read must not lose the result
                 print(f"clusterjupyter: the cell's settings stay in the job: {e}",
                       file=sys.stderr)
+        if drew:
+            doc["drew"] = True
         if has_last and RESULT_KEY in unpicklable:
             doc["result_bundle"] = _display.mimebundle(last)[0]
         if exc_info is not None:
@@ -487,6 +498,19 @@ class Runner:
             pass  # unsigned: the kernel reports it as not verifiable, with this reason
         data = sign_exit(self.key, self.paths.job_id, doc) if self.key else json.dumps(doc)
         write_atomic(self.paths.state, data.encode() if isinstance(data, str) else data)
+
+
+def _pyplot_state() -> tuple[list[Any], bool]:
+    """The figures the job leaves open (they join the kernel's pyplot, as the cell's would),
+    and whether the cell used pyplot with the job's inline-like backend."""
+    if "matplotlib.pyplot" not in sys.modules:
+        return [], False
+    try:
+        from . import _mpl_backend
+
+        return _mpl_backend.take_open(), bool(_mpl_backend.state["drew"])
+    except Exception:
+        return [], False
 
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect

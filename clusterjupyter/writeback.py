@@ -112,9 +112,33 @@ def apply(result: JobResult, namespace: dict) -> list[str]:
     except Exception as e:
         print(f"clusterjupyter: settings the cell changed could not be taken here: "
               f"{type(e).__name__}: {e}", file=sys.stderr)
+    if result.figures:
+        try:
+            adopt_figures(result.figures)
+        except Exception as e:
+            print(f"clusterjupyter: the figures the job left open stay out of this kernel's "
+                  f"pyplot: {type(e).__name__}: {e}", file=sys.stderr)
     if result.warnings:
         lines = "; ".join(f"{n}: {why}" for n, why in result.warnings.items())
         warnings.warn_explicit(
             f"not sent back from the cluster (the other names were): {lines}",
             UnpicklableOutputWarning, filename=f"<cluster-cell-{result.job_id[:8]}>", lineno=1)
     return [*result.values, *(f"del {n}" for n in result.deleted)]
+
+
+def adopt_figures(figures: list[Any]) -> None:
+    """Figures a job left open join this kernel's pyplot (after the job's settings, so under
+    the backend the cell left), as matplotlib does for a pickled pyplot figure: the kernel's
+    inline backend then shows them after the cell, as it shows the cell's own."""
+    import matplotlib.pyplot as plt
+    from matplotlib import _pylab_helpers
+
+    managed = set(_pylab_helpers.Gcf.figs.values())
+    for fig in figures:
+        if getattr(fig.canvas, "manager", None) in managed:
+            continue  # the kernel's own figure, an input of the cell
+        nums = plt.get_fignums()
+        manager = plt._get_backend_mod().new_figure_manager_given_figure(
+            max(nums) + 1 if nums else 1, fig)
+        _pylab_helpers.Gcf._set_new_active_manager(manager)
+        plt.draw_if_interactive()

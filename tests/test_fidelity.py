@@ -74,9 +74,46 @@ def test_env_and_cd_act_in_the_job_and_leave_the_kernel_as_the_cell_would(shell,
 
 
 def test_a_magic_a_job_cannot_run_is_refused_by_name_before_submission(shell):
-    r = run(shell, "%%cluster\nx = 1\n%load_ext autoreload\ny = 2")
-    assert isinstance(r.error_in_exec, UsageError) and "%load_ext" in str(r.error_in_exec)
+    r = run(shell, "%%cluster\nx = 1\n%rerun\ny = 2")
+    assert isinstance(r.error_in_exec, UsageError) and "%rerun" in str(r.error_in_exec)
     assert api.list_jobs() == [] and "x" not in shell.user_ns
+
+
+def test_a_missing_extension_fails_in_the_job_as_in_the_kernel(shell):
+    with capture_output() as cap:
+        r = run(shell, "%%cluster\nimport os\npid = os.getpid()\n"
+                       "%reload_ext no_such_extension_cj\n%no_such_magic_cj numpy")
+    assert type(r.error_in_exec) is ModuleNotFoundError
+    assert "No module named 'no_such_extension_cj'" in plain(cap.stdout)
+    assert shell.user_ns["pid"] == job_pid() != os.getpid()  # the lines before it ran there
+    assert "clusterjupyter" not in cap.stderr  # a failed %reload_ext is not replayed here
+    assert "no_such_extension_cj" not in shell.extension_manager.loaded
+
+
+def test_an_unknown_magic_raises_the_kernels_usage_error_where_the_kernel_would(shell):
+    with capture_output() as cap:
+        r = run(shell, "%%cluster\nimport os\npid = os.getpid()\n%no_such_magic_cj 1\nz = 1")
+    assert isinstance(r.error_in_exec, UsageError)
+    assert "UsageError: Line magic function `%no_such_magic_cj` not found." in cap.stderr
+    assert shell.user_ns["pid"] == job_pid() != os.getpid() and "z" not in shell.user_ns
+
+
+EXTENSION = """import os
+
+def load_ipython_extension(ip):
+    ip.register_magic_function(lambda line: (os.getpid(), line), 'line', 'cj_where')
+"""
+
+
+def test_an_extension_loaded_in_the_job_serves_the_cell_and_is_loaded_here_after(
+        shell, tmp_path, monkeypatch):
+    (tmp_path / "cj_fid_ext.py").write_text(EXTENSION)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ok(shell, "%%cluster\n%load_ext cj_fid_ext\nwhere = %cj_where numpy")
+    pid, line = shell.user_ns["where"]
+    assert pid == job_pid() != os.getpid() and line == "numpy"
+    assert "cj_fid_ext" in shell.extension_manager.loaded  # as the cell leaves the kernel
+    assert ok(shell, "%cj_where here") == (os.getpid(), "here")
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -144,6 +181,58 @@ def test_inline_figure_format_set_in_the_cell(shell):
                   "import matplotlib.pyplot as plt\nplt.plot([1, 2]);")
     (out,) = cap.outputs
     assert out.metadata["image/png"]["width"] > 100
+
+
+def outputs(cap) -> tuple[str, list]:
+    """What a cell showed: its stdout (addresses blanked) and each display's mime types."""
+    text = re.sub(r" at 0x[0-9a-f]+", "", plain(cap.stdout))
+    return text, [sorted(o.data) for o in cap.outputs]
+
+
+def inline(shell) -> None:
+    """``%matplotlib inline`` on this shell as in a new kernel: an IPython kernel's
+    ``enable_gui`` has no event loop to start for it (a plain InteractiveShell's raises), and
+    the inline backend sets up its figure formats once per process (this shell is new)."""
+    backend_inline = pytest.importorskip("matplotlib_inline.backend_inline")
+    backend_inline.configure_inline_support.current_backend = "unset"
+    shell.enable_gui = lambda gui=None: None
+    ok(shell, "%matplotlib inline")
+
+
+BAD_FIGURE = ("import os, matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n"
+              "ax.set_title(r'$\\frac{$')\npid = os.getpid()")
+
+
+def test_a_figure_that_does_not_render_fails_as_the_kernels_inline_backend(shell):
+    inline(shell)
+    with capture_output() as here:
+        ok(shell, BAD_FIGURE)   # the cell succeeds; the post-execute draw reports the error
+    with capture_output() as there:
+        ok(shell, "%%cluster\n" + BAD_FIGURE)
+    assert shell.user_ns["pid"] == job_pid() != os.getpid()
+    text, shown = outputs(there)
+    assert "Error in callback <function _draw_all_if_interactive> (for post_execute)" in text
+    assert "ValueError" in text and "clusterjupyter" not in there.stderr
+    assert (text, shown) == outputs(here) and shown == [["text/plain"]]
+    assert ok(shell, "plt.get_fignums()") == []   # shown and closed by the kernel, as here
+
+
+def test_figures_a_job_leaves_open_join_the_kernels_pyplot(shell):
+    inline(shell)
+    cells = ["%%cluster\nimport matplotlib, os\nmatplotlib.use('svg')\n"
+             "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nopened_in = os.getpid()",
+             "%%cluster\n%matplotlib inline\nimport matplotlib.pyplot as plt",
+             "%%cluster\nplt.figure()\nplt.plot([3, 1]);"]
+    with capture_output() as cap:
+        ok(shell, cells[0])   # a file-only backend shows nothing; the figure stays open
+    assert outputs(cap)[1] == [] and shell.user_ns["opened_in"] == job_pid() != os.getpid()
+    fig = ok(shell, "plt.gcf()")
+    assert ok(shell, "plt.get_fignums()") == [1] and fig.axes[0].lines[0].get_ydata()[1] == 2
+    ok(shell, cells[1])
+    with capture_output() as cap:
+        ok(shell, cells[2])   # a cell that draws: the kernel's open figure shows first
+    assert outputs(cap)[1] == [["image/png", "text/plain"]] * 2
+    assert ok(shell, "plt.get_fignums()") == []
 
 
 def test_no_warning_leaks_from_the_machinery(shell):
