@@ -478,24 +478,47 @@ def test_job_status_display_becomes_static_html(shell: Any, monkeypatch: Any) ->
 
     from clusterjupyter.widgets import JobStatus, status
 
+    from clusterjupyter.widgets._fallback import MARK
+
     shown: list[dict] = []
+    marks: list[dict | None] = []
 
     class Handle:
-        def update(self, bundle: dict, raw: bool = False) -> None:
+        def update(self, bundle: dict, raw: bool = False, metadata: dict | None = None) -> None:
             shown.append(bundle)
+            marks.append(metadata)
 
-    def fake_display(bundle: dict, raw: bool = False, display_id: bool = False) -> Handle:
+    def fake_display(bundle: dict, raw: bool = False, display_id: bool = False,
+                     metadata: dict | None = None) -> Handle:
         shown.append(bundle)
+        marks.append(metadata)
         return Handle()
 
     monkeypatch.setattr(IPython.display, "display", fake_display)
     job = submit(shell, "import time; time.sleep(0.5)", "static")
     st = JobStatus(shell, job.record, mode="widget")
     assert status.VIEW_MIME in shown[0]
+    # while live, the display carries its static alternative for a frontend that lost it
+    assert marks[0] == MARK and "cj-static" in shown[0]["text/html"]
+    assert f"%cluster status {job.id[:8]}" in shown[0]["text/html"]
     wait_for(lambda: st.settled and shown[-1].get("text/html", "").count("completed"),
              what="static final display")
     assert status.VIEW_MIME not in shown[-1]
     assert st.widget is not None and st.widget.comm is None  # the widgets are closed
+
+
+def test_panel_display_carries_a_static_alternative(shell: Any) -> None:
+    """What a frontend that lost the panel's widget shows instead (see widgets/_fallback.py)."""
+    from clusterjupyter.widgets import Panel
+    from clusterjupyter.widgets._fallback import MARK, VIEW_MIME
+
+    p = Panel(shell=shell)
+    try:
+        data, metadata = p._repr_mimebundle_()
+        assert data[VIEW_MIME]["model_id"] == p.model_id
+        assert metadata == MARK and "%cluster panel" in data["text/html"]
+    finally:
+        p.close()
 
 
 # -- lifetime --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import ipywidgets as W
 
+from ._fallback import widget_bundle
 from ._kernel import cell_key, kernel_of
 from ._live import close_tree, hub
 from .jobs_tab import JobsTab
@@ -61,6 +62,14 @@ class Panel(W.VBox):
         self.add_class("cj-panel")
         self._supersede()
         hub.subscribe(self)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The panel, and a note for a frontend that has lost it (see :mod:`._fallback`)."""
+        note = ('<div class="cj-panel-static" style="color:var(--jp-ui-font-color2, #666);'
+                'border-left:3px solid var(--jp-border-color2, #ccc);padding:2px 0 2px 6px">'
+                "job monitor panel: it lived in a kernel that has restarted or stopped; run "
+                "<code>%cluster panel</code> again (or open the Cluster jobs sidebar)</div>")
+        return widget_bundle(self.model_id, "<clusterjupyter job monitor panel>", note)
 
     # -- lifetime -----------------------------------------------------------------------------
     def _supersede(self) -> None:

@@ -26,10 +26,11 @@ import ipywidgets as W
 from ..failure import explain
 from ..journal import JobRecord
 from . import _html as H
+from ._fallback import VIEW_MIME, widget_bundle
 from ._kernel import keep_busy_while_running, kernel_of, route_to_subshell
 from ._live import Background, close_tree, hub
 
-VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+__all__ = ["JobStatus", "VIEW_MIME"]
 
 
 def _summary(rec: JobRecord) -> str:
@@ -64,6 +65,7 @@ class JobStatus:
         self._canceller = Background(f"status-cancel-{rec.id[:8]}")
         self._finisher = Background(f"status-final-{rec.id[:8]}")
         self._next_read = 0.0
+        self._shown_state = rec.state
         kernel = kernel_of(shell)
         if mode == "text" or (mode == "auto" and kernel is None):
             if kernel is not None and show:
@@ -82,7 +84,8 @@ class JobStatus:
         if show:
             from IPython.display import display
 
-            self.handle = display(self._bundle(), raw=True, display_id=True)
+            data, metadata = self._bundle()
+            self.handle = display(data, raw=True, metadata=metadata, display_id=True)
         if rec.state.final:
             self._settle()
         else:
@@ -105,11 +108,16 @@ class JobStatus:
             align_items="center", border_left=f"3px solid {H.STATE_COLOURS[self.record.state]}",
             padding="0 0 0 6px", margin="2px 0"), _dom_classes=["cj-job-status"])
 
-    def _bundle(self) -> dict[str, Any]:
+    def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The live display: the widget, and static HTML for a frontend that lost it."""
         assert self.widget is not None
-        return {"text/plain": self.last,
-                VIEW_MIME: {"version_major": 2, "version_minor": 0,
-                            "model_id": self.widget.model_id}}
+        rec = self.record
+        note = (f"live status lost with the kernel's widgets; "
+                f"<code>%cluster status {H.esc(rec.id[:8])}</code> tells where it is now")
+        since = time.strftime("%H:%M:%S", time.localtime(rec.started or rec.submitted))
+        body = f"{'running' if rec.started else 'queued'} since {since}"
+        return widget_bundle(self.widget.model_id, self.last,
+                             self._static(rec, note=note, body=body))
 
     @staticmethod
     def _head(rec: JobRecord) -> str:
@@ -132,11 +140,18 @@ class JobStatus:
             body += f" · <i>{H.esc(rec.reason)}</i>"
         return body
 
-    def _static(self, rec: JobRecord, error: dict | None = None) -> str:
-        """The status as plain HTML (what stays in the notebook once the job has ended)."""
+    def _static(self, rec: JobRecord, error: dict | None = None, note: str = "",
+                body: str = "") -> str:
+        """The status as plain HTML (what stays in the notebook once the job has ended);
+        ``note`` (HTML) and ``body`` (text, instead of the elapsed time) for a display that
+        outlives its widget."""
         colour = H.STATE_COLOURS[rec.state]
+        if note:
+            note = f' <span style="color:{H.MUTED}">({note})</span>'
+        body = H.esc(body) if body else self._body(rec)
         line = (f'<div style="display:flex;align-items:center;gap:.5em">{H.badge(rec.state)}'
-                f'<span style="min-width:0">{self._head(rec)} · {self._body(rec)}</span></div>')
+                f'<span style="min-width:0">{self._head(rec)} · {body}{note}'
+                '</span></div>')
         extra = ""
         if error and (error.get("traceback") or error.get("log_tail")):
             extra = H.error_view("details", error, open_=False)
@@ -170,9 +185,15 @@ class JobStatus:
                 self.last = text
                 return
             self.last = text
+            changed = rec.state is not self._shown_state
             self._render(rec)
             if rec.state.final:
                 self._settle()
+            elif changed and self.handle is not None:
+                # the static alternative follows the state (a rare message: not every tick)
+                self._shown_state = rec.state
+                data, metadata = self._bundle()
+                self.handle.update(data, raw=True, metadata=metadata)
 
     def _settle(self) -> None:
         """The job is over: replace the widget by static HTML (no widget left to go stale)."""

@@ -8,6 +8,7 @@ import { MainAreaWidget } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { renameNotebook } from './api';
+import { fallbackPlugin } from './fallback';
 import { clusterIcon } from './icon';
 import { INavigator, JobsPanel } from './panel';
 import { QueueView } from './queue';
@@ -106,4 +107,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, fallbackPlugin];

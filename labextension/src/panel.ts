@@ -25,6 +25,7 @@ import {
   LOG_STREAMS,
   LogStream
 } from './api';
+import { element } from './dom';
 import { clusterIcon } from './icon';
 
 const POLL_INTERVAL = 2000;
@@ -70,23 +71,6 @@ function clock(unix: number): string {
   return d.toDateString() === today.toDateString()
     ? time
     : `${d.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
-}
-
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  testid?: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (testid) {
-    node.dataset.testid = testid;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
 }
 
 function failed(job: IJob): boolean {

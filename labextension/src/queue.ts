@@ -18,6 +18,7 @@ import {
   QueueAction,
   queueAction
 } from './api';
+import { element } from './dom';
 
 const POLL_INTERVAL = 10000;
 
@@ -35,23 +36,6 @@ const COLUMNS: ReadonlyArray<[Column, string]> = [
   ['partition', 'Partition'],
   ['reason', 'Reason']
 ];
-
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  testid?: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (testid) {
-    node.dataset.testid = testid;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
 
 /** Orders queue entries by a column; numbers (job ids, times) compare as numbers. */
 export function compareEntries(a: IQueueEntry, b: IQueueEntry, column: Column): number {

@@ -3,6 +3,7 @@ status line, failures, the panel, and what a restarted kernel shows."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from test_sidebar import make_notebook, open_lab, run_next_cell
+
+from clusterjupyter import api
+from clusterjupyter.states import JobState
 
 pytestmark = pytest.mark.browser
 
@@ -119,3 +123,77 @@ def test_panel_failure_view_narrow_notebook_and_restart(page: Page, lab) -> None
     assert "KeyError" in static.inner_text()
     assert static.locator(".jupyter-widgets").count() == 0
     assert "model not found" not in cells.nth(1).inner_text()
+
+
+def _lab_api(lab, method: str, path: str) -> object:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{lab.url}{path}?token={lab.token}", method=method,
+                                 data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"null")
+
+
+def _no_broken_widget(cell) -> None:
+    """No widget view, greyed or live, and no "model not found" in ``cell``'s outputs."""
+    outputs = cell.locator(".jp-OutputArea")
+    assert outputs.locator(".jupyter-widgets").count() == 0
+    assert outputs.locator(".jupyter-widgets-disconnected").count() == 0
+    assert "Error displaying widget" not in outputs.inner_text()
+
+
+def test_widgets_of_a_lost_kernel_become_static_html(page: Page, lab) -> None:
+    """A running job's status line and a panel degrade to their static HTML when the kernel
+    restarts (no broken-link icons), and a notebook reopened after its kernel went away shows
+    that HTML too (no "model not found")."""
+    name = make_notebook(lab, "restart.ipynb", [
+        "%load_ext clusterjupyter",
+        "%%cluster local --async --name survives-restart\nimport time\ntime.sleep(600)",
+        "%cluster panel",
+    ])
+    open_notebook(page, lab, name)
+    run_next_cell(page)
+    run_next_cell(page)
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    status, panel = cells.nth(1), cells.nth(2)
+    status.locator(".cj-job-status .cj-badge.cj-running").wait_for(timeout=60_000)
+    panel.locator(".cj-panel .cj-running").first.wait_for(timeout=60_000)
+    assert status.locator(".cj-static").count() == 0  # live widgets until now
+    job_id = api.list_jobs(limit=1)[0].id
+
+    # 1. the kernel restarts under the page: static HTML at once, the job still known
+    restart_kernel(page)
+    expect(status.locator(".cj-static")).to_contain_text("survives-restart")
+    expect(status.locator(".cj-static")).to_contain_text(f"%cluster status {job_id[:8]}")
+    expect(status.locator(".cj-static .cj-running")).to_have_count(1)
+    expect(panel.locator(".cj-panel-static")).to_contain_text("%cluster panel")
+    page.wait_for_timeout(1000)
+    for cell in (status, panel):
+        _no_broken_widget(cell)
+
+    # 2. live widgets saved, then the kernel restarted behind the page's back: reopened, the
+    #    notebook shows the static HTML where the widget cannot be found
+    run_cell = "() => window.jupyterapp.commands.execute('notebook:run-cell')"
+    for cell in (cells.nth(0), panel):  # the extension, then a new panel
+        cell.locator(".jp-InputArea-editor").click()
+        page.evaluate(run_cell)
+        wait_idle(page)
+    panel.locator(".cj-panel .cj-running").first.wait_for(timeout=60_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    expect(page.locator(".jp-Notebook")).not_to_have_class(re.compile("jp-mod-dirty"))
+    page.wait_for_timeout(1000)
+    saved = (lab.root / name).read_text()
+    assert saved.count("application/vnd.jupyter.widget-view+json") == 1  # the new panel
+    page.goto("about:blank")
+    session = next(s for s in _lab_api(lab, "GET", "api/sessions") if s["path"] == name)
+    _lab_api(lab, "POST", f"api/kernels/{session['kernel']['id']}/restart")
+    open_lab(page, lab, f"lab/workspaces/restart-nb/tree/{name}")
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    expect(cells.nth(2).locator(".cj-panel-static")).to_be_visible(timeout=60_000)
+    expect(cells.nth(1).locator(".cj-static")).to_contain_text("survives-restart")
+    page.wait_for_timeout(1000)
+    for i in (1, 2):
+        _no_broken_widget(cells.nth(i))
+    assert api.get_job(job_id).state is JobState.RUNNING  # the job itself ran on
+    api.cancel_job(job_id)
