@@ -65,8 +65,8 @@ def run_sweep(magics: Any, backend: Any, args: Any, cell: str) -> Any:
     shell = magics.shell
     if not backend.scheduler.array_index:
         raise UsageError(f"profile {backend.name}: the {backend.scheduler.name} scheduler has "
-                         "no job arrays for sweeps yet (sweeps run on local and slurm "
-                         "profiles); nothing was submitted")
+                         "no job arrays for sweeps (sweeps run on local, slurm, sge and "
+                         "pbs profiles); nothing was submitted")
     limit = _whole("--max-elements", args.max_elements, sweepmod.MAX_ELEMENTS)
     local = backend.scheduler.name == "local"
     max_running = _whole("--max-running", args.max_running,

@@ -240,3 +240,93 @@ def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
     assert sw.wait(300).done == 3
     assert sw.elements[1].job.record.native_id.endswith(".2")
     assert sw.results()["sq"]["sq"].tolist() == [1, 4, 9]
+
+
+# -- PBS (the Torque wrappers over SLURM) ------------------------------------------------------
+
+@pytest.fixture(params=["torque", "pro"])
+def pbs_profile(request, cj_home):
+    """The wrappers take Torque's ``qsub -t`` and PBS Pro's ``qsub -J`` alike."""
+    pbs = ensure("pbs")["pbs"]
+    opts = {"bin_dir": pbs["bin_dir"], "arrays": request.param}
+    write_profiles(cj_home, {"pbs": {"scheduler": "pbs", "python": sys.executable,
+                                     "resources": {"mem": "200M"}, "scheduler_options": opts}})
+    yield pbs
+    scancel_leftovers()
+
+
+def test_pbs_array_ids():
+    from clusterjupyter.schedulers.pbs import PBSScheduler
+    from clusterjupyter.transports import LocalTransport
+
+    s = PBSScheduler(LocalTransport(), {})
+    assert s.element_native_id("123[].head.example", 4) == "123[4].head.example"
+    assert s.element_native_id("123", 4) == "123[4]"
+    assert s.array_of("123[4].head.example") == "123[].head.example"
+    assert s.status_command(["9", "123[]"], False)[-3:] == ["-t", "9", "123[]"]
+    with pytest.raises(Exception, match='arrays must be "torque" or "pro", not \'sge\''):
+        PBSScheduler(LocalTransport(), {"arrays": "sge"})
+
+
+def _qdel(pbs: dict, native_id: str) -> None:
+    subprocess.run([os.path.join(pbs["bin_dir"], "qdel"), native_id], check=True, timeout=60)
+
+
+@pytest.mark.pbs
+def test_pbs_sweep_one_array_raise_kill_and_retry(pbs_profile, tmp_path):
+    sh = new_shell()
+    flag = tmp_path / "flag"
+    ok(sh, f"flag = {str(flag)!r}")
+    ok(sh, '%%cluster pbs --async --sweep "a in range(5)" --job sw\n'
+           'import os, time\nretried = os.path.exists(flag)\n'
+           'if a == 1 and not retried:\n    raise ValueError("element one refused")\n'
+           'if a == 3 and not retried:\n    time.sleep(120)\nsq = a * a')
+    sw = sh.user_ns["sw"]
+    recs = [e.job.record for e in sw.elements]
+    array = recs[0].native_id.split("[")[0]
+    assert [r.native_id for r in recs] == [f"{array}[{i}]" for i in range(5)]
+    wait_for(lambda: os.path.exists(os.path.join(recs[3].job_dir, "started.json")), 240,
+             "element 3 to start")
+    _qdel(pbs_profile, f"{array}[3]")            # one element killed, as a user would
+    counts = sw.wait(300)
+    assert counts.done == 3 and counts.failed == 2, sw.summary()
+    assert sw.elements[3].state in (JobState.CANCELLED, JobState.FAILED)
+    assert isinstance(sw.elements[1].exception, ValueError)
+    # provenance: each element ran as its task of the one array, with the PBS index set
+    env = scheduler_env(sw.elements[2].job.record)
+    assert env["PBS_ARRAYID"] == env["PBS_ARRAY_INDEX"] == "2"
+    assert env["SLURM_ARRAY_JOB_ID"] == array
+    assert started_doc(sw.elements[2].job.record)["pid"] != os.getpid()
+    # a new shell (kernel restart) brings back everything finished so far, with the summary
+    sh = new_shell()
+    with capture_output() as cap:
+        ok(sh, f"%cluster result {sw.id[:8]}")
+    assert "3 of 5 completed, 2 failed" in cap.stdout
+    assert "ValueError: element one refused" in cap.stdout
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 4, 16]
+    # retry: the two failed elements as a new array of the same sweep; the full result set
+    flag.write_text("")
+    from clusterjupyter.sweeps import Sweep
+
+    sw = Sweep(sw.id)
+    sw.retry()
+    again = [sw.elements[i].job.record.native_id for i in (1, 3)]
+    new_array = again[0].split("[")[0]
+    assert new_array != array and again == [f"{new_array}[1]", f"{new_array}[3]"]
+    assert sw.wait(300).done == 5, sw.summary()
+    with capture_output() as cap:
+        ok(sh, f"%cluster result {sw.id[:8]}")
+    assert "5 of 5 completed" in cap.stdout
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.pbs
+def test_pbs_cancel_whole_sweep(pbs_profile):
+    sh = new_shell()
+    ok(sh, '%%cluster pbs --async --sweep "a in range(3)" --job sw\n'
+           'import time\ntime.sleep(120)\nx = a')
+    sw = sh.user_ns["sw"]
+    wait_for(lambda: sw.counts().running >= 1, 240, "an element to start")
+    counts = sw.cancel()                          # one qdel ID[] for the whole array
+    assert counts.failed == 3 and counts.done == 0, sw.summary()
+    assert {e.state for e in sw.elements} == {JobState.CANCELLED}

@@ -15,7 +15,11 @@ Torque wrappers over SLURM — that is not first on ``PATH`` or shares command n
 scheduler is used without touching anybody's ``PATH``), one path per command (``qsub = …``,
 wins over ``bin_dir``), ``command_env`` (variables for these commands only, e.g.
 ``{PBS_SERVER = "head"}``; the job's own environment is the profile's ``env``) and
-``history`` (``"auto"``, the default, ``true`` or ``false``: whether ``qstat`` gets ``-x``).
+``history`` (``"auto"``, the default, ``true`` or ``false``: whether ``qstat`` gets ``-x``)
+and ``arrays`` (``"torque"``, the default: a sweep is ``qsub -t LIST%MAX``; ``"pro"``: PBS Pro's
+``qsub -J X-Y``). An array's elements are ``ID[N]`` (``qstat -t`` lists them all, ``qdel ID[]``
+stops the whole array); the job finds its index in ``PBS_ARRAYID`` (Torque) or
+``PBS_ARRAY_INDEX`` (PBS Pro).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..errors import ClusterError
 from ..states import JobState
+from ..sweep import array_ranges
 from ..text import clock_seconds, hms, signal_name
 from ..transports.base import Completed, Transport
 from .base import JobSpec, NativeStatus, QueueEntry, Scheduler, SchedulerError
@@ -55,6 +60,7 @@ class PBSScheduler(Scheduler):
     }
     option_help: ClassVar[dict[str, str]] = {
         "history": '"auto" (default), true or false: whether qstat gets -x (finished jobs)',
+        "arrays": '"torque" (qsub -t LIST%MAX, the default) or "pro" (PBS Pro: qsub -J X-Y)',
     }
     #: a failed qdel of a job that ended or is unknown (the SLURM wrappers print nothing)
     cancel_gone = (r"(?is)\A\s*\Z|unknown job|invalid state|finished|completed|does not exist|"
@@ -98,6 +104,10 @@ class PBSScheduler(Scheduler):
             raise ClusterError(f"{self.name}: scheduler option history must be true, false or "
                                f'"auto", not {history!r}')
         self._history: bool | None = None if history == "auto" else bool(history)
+        self._arrays = str(self.options.get("arrays", "torque")).lower()
+        if self._arrays not in ("torque", "pro"):
+            raise ClusterError(f'{self.name}: scheduler option arrays must be "torque" or '
+                               f'"pro", not {self.options["arrays"]!r}')
         self._user: str | None = None
 
     # -- the script -------------------------------------------------------------------------
@@ -185,15 +195,49 @@ class PBSScheduler(Scheduler):
         argv = self.argv("submit", *log, self.safe_path(spec.paths.script))
         return self.parse_job_id(self.call_once(spec.paths.dir, argv).stdout)
 
+    # -- job arrays (sweeps): elements ``ID[N]`` of the array ``ID[]`` ---------------------
+    #: Torque names the index PBS_ARRAYID, PBS Pro PBS_ARRAY_INDEX
+    array_index = "${PBS_ARRAYID:-${PBS_ARRAY_INDEX}}"
+
+    def submit_array(self, spec: JobSpec, indices: Sequence[int], max_running: int) -> str:
+        if self._arrays == "pro":
+            # -J takes one range of at least two indices: an index between (or after) the
+            # elements of this array finds no element directory and exits at once
+            lo, hi = min(indices), max(indices)
+            flags = ["-J", f"{lo}-{max(hi, lo + 1)}"]
+            if max_running:
+                flags += ["-W", f"max_run_subjobs={int(max_running)}"]
+        else:
+            flags = ["-t", array_ranges(indices) + (f"%{int(max_running)}" if max_running
+                                                   else "")]
+        log = ["-j", "oe", "-o", self.safe_path(spec.paths.scheduler_log)] \
+            if self.log_on_command_line else []
+        argv = self.argv("submit", *flags, *log, self.safe_path(spec.paths.script))
+        return self.parse_job_id(self.call_once(spec.paths.dir, argv).stdout)
+
+    def element_native_id(self, array_id: str, index: int) -> str:
+        """``123[].server`` -> ``123[4].server``."""
+        if "[]" in array_id:
+            return array_id.replace("[]", f"[{index}]", 1)
+        return re.sub(r"^(\d+)", rf"\g<1>[{index}]", array_id, count=1)
+
+    def array_of(self, native_id: str) -> str:
+        return re.sub(r"\[\d+\]", "[]", native_id, count=1)
+
     def status_command(self, ids: Sequence[str], history: bool) -> list[str]:
-        return self.argv("status", *(["-x"] if history else []), *ids)
+        # -t: every element of the arrays named ID[] (else one summary line per array)
+        expand = ["-t"] if any("[]" in i for i in ids) else []
+        return self.argv("status", *(["-x"] if history else []), *expand, *ids)
 
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         if not native_ids:
             return {}
         ids = list(dict.fromkeys(native_ids))
+        # one query: single jobs by id, the elements of an array through the array's id
+        asked = list(dict.fromkeys(self.array_of(i) if re.search(r"\[\d+\]", i) else i
+                                   for i in ids))
         out = {}
-        for attrs in self._qstat(ids):
+        for attrs in self._qstat(asked):
             native_id = _match(attrs.get("job id", ""), ids)
             if native_id is not None:
                 out[native_id] = self.native(attrs)

@@ -8,7 +8,7 @@ TORQUE_BIN=$TORQUE_DIR/usr/bin
 
 pbs_install() {
     slurm_install
-    apt_install libslurm-perl libslurmdb-perl libswitch-perl
+    apt_install libslurm-perl libslurmdb-perl libswitch-perl patch
     [[ -x $TORQUE_BIN/qsub ]] && return 0
     local dl=$STATE/torque-download
     rm -rf "$dl" && mkdir -p "$dl"
@@ -23,12 +23,23 @@ pbs_install() {
 }
 
 # The wrappers run "$FindBin::Bin/sbatch" (their own directory), so SLURM's
-# commands must be found next to them.
+# commands must be found next to them (scancel: qdel of one array element).
 pbs_link_slurm_commands() {
     local c
-    for c in sbatch salloc srun; do
+    for c in sbatch salloc srun scancel; do
         [[ -L $TORQUE_BIN/$c ]] || ln -sfn "/usr/bin/$c" "$TORQUE_BIN/$c"
     done
+}
+
+# Job arrays (qsub -t / -J, ID[N] in qstat and qdel): torque-arrays.patch, applied once.
+TORQUE_PATCH=$(dirname "${BASH_SOURCE[0]}")/torque-arrays.patch
+pbs_arrays_patched() { grep -q clusterjupyter-arrays "$TORQUE_BIN/qstat" 2>/dev/null; }
+pbs_patch_arrays() {
+    pbs_arrays_patched && return 0
+    command -v patch >/dev/null || apt_install patch
+    patch -d "$TORQUE_BIN" -p1 -N -s <"$TORQUE_PATCH" >>"$LOGDIR/apt.log" 2>&1 ||
+        fail pbs "patching the wrappers for job arrays failed" "$LOGDIR/apt.log"
+    say "pbs: job arrays added to the wrappers ($TORQUE_PATCH)"
 }
 
 pbs_qstat_ok() { PATH=$TORQUE_BIN:$PATH "$TORQUE_BIN/qstat" >/dev/null 2>&1; }
@@ -39,12 +50,14 @@ pbs_section() {
 
 pbs_start() {
     slurm_start
-    if [[ -x $TORQUE_BIN/qsub && -f $STATE/sections/pbs.json ]] && pbs_qstat_ok; then
+    if [[ -x $TORQUE_BIN/qsub && -f $STATE/sections/pbs.json ]] && pbs_arrays_patched &&
+        [[ -L $TORQUE_BIN/scancel ]] && pbs_qstat_ok; then
         say "pbs: already available ($TORQUE_BIN)"
         pbs_section
         return 0
     fi
     pbs_install
+    pbs_patch_arrays
     pbs_link_slurm_commands
     # Check: a #PBS script goes through the wrapper's qsub into SLURM, qstat shows it.
     local jobid out
