@@ -241,10 +241,13 @@ class Journal:
         return JobRecord.from_row(row)
 
     def list(self, states: tuple[str, ...] | None = None, profile: str | None = None,
-             limit: int = 200) -> list[JobRecord]:
+             limit: int = 200, singles: bool = False) -> list[JobRecord]:
+        """Jobs, newest first (``singles``: only those that are no sweep's element)."""
         sql = "SELECT * FROM jobs"
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
+        if singles:
+            where.append("id NOT IN (SELECT job_id FROM sweep_elements)")
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             args.extend(states)
@@ -333,6 +336,38 @@ class Journal:
         return [tuple(r) for r in self._conn().execute(
             "SELECT idx, attempt, job_id FROM sweep_elements WHERE sweep_id = ? "
             "ORDER BY idx, attempt", (sweep_id,))]
+
+    def sweep_overview(self, profile: str | None = None, limit: int = 200
+                       ) -> builtins.list[dict[str, Any]]:
+        """The newest sweeps (id, name, profile, created, size), each with ``states``: how many
+        elements' latest attempts are in each state, ``native``: the native id of one element
+        of its latest array, ``started`` and ``finished``: the first start and last end."""
+        where, args = ("WHERE profile = ?", [profile]) if profile else ("", [])
+        sweeps = [dict(r) for r in self._conn().execute(
+            f"SELECT id, name, profile, created, size FROM sweeps {where} "
+            "ORDER BY created DESC LIMIT ?", [*args, limit])]
+        for s in sweeps:
+            rows = self._conn().execute(
+                "SELECT j.state, COUNT(*), MAX(j.native_id), MIN(j.started), MAX(j.finished) "
+                "FROM sweep_elements e JOIN jobs j ON j.id = e.job_id WHERE e.sweep_id = ? "
+                "AND e.attempt = (SELECT MAX(x.attempt) FROM sweep_elements x "
+                "WHERE x.sweep_id = e.sweep_id AND x.idx = e.idx) GROUP BY j.state",
+                (s["id"],)).fetchall()
+            s["states"] = {JobState.parse(r[0]): r[1] for r in rows}
+            s["native"] = max((r[2] or "" for r in rows), default="")
+            s["started"] = min((r[3] for r in rows if r[3] is not None), default=None)
+            s["finished"] = max((r[4] for r in rows if r[4] is not None), default=None)
+        return sweeps
+
+    def sweep_jobs(self, sweep_ids: builtins.list[str],
+                   states: tuple[str, ...] = ACTIVE) -> builtins.list[JobRecord]:
+        """The element jobs of these sweeps that are in ``states`` (by default: active)."""
+        if not sweep_ids:
+            return []
+        return [JobRecord.from_row(r) for r in self._conn().execute(
+            "SELECT j.* FROM jobs j JOIN sweep_elements e ON e.job_id = j.id WHERE "
+            f"e.sweep_id IN ({', '.join('?' * len(sweep_ids))}) "
+            f"AND j.state IN ({', '.join('?' * len(states))})", [*sweep_ids, *states])]
 
     @property
     def fingerprints(self) -> "Fingerprints":

@@ -329,12 +329,14 @@ class ClusterMagics(Magics):
             else:
                 raise UsageError(f"unknown option {word!r} for %cluster jobs; valid: --active, "
                                  "--state STATE[,STATE], --profile NAME, --limit N")
+        from .sweeplist import job_rows
+
         try:
-            recs = api.list_jobs(states, profile, limit)
+            states = tuple(JobState.parse(s).value for s in states) if states else None
         except ValueError as e:
             raise UsageError(str(e)) from None
-        self._refresh(recs)
-        recs = [api.journal().get(r.id) or r for r in recs]
+        # a sweep is one row, with its element counts
+        recs = job_rows(api.journal(), states, profile, limit, self._refresh)
         if not recs:
             print("no jobs in the journal" + (f" for profile {profile}" if profile else ""))
             return None
@@ -342,7 +344,7 @@ class ClusterMagics(Magics):
               f"{'ELAPSED':>8}  REASON")
         for r in recs:
             print(f"{r.id[:8]:<9} {r.name[:18]:<18} {r.profile[:10]:<10} "
-                  f"{(r.native_id or '-')[:9]:<9} {r.state.value:<13} "
+                  f"{r.native[:9]:<9} {r.state.value:<13} "
                   f"{format_seconds(r.elapsed):>8}  {r.reason[:60]}")
         return None
 

@@ -131,6 +131,18 @@ def array_ranges(indices: Sequence[int]) -> str:
     return ",".join(out)
 
 
+def task_set(text: str) -> set[int]:
+    """``3``, ``3,4``, ``5-10:1`` (Grid Engine's ``tasks``, Kubernetes' completed indexes) as
+    numbers."""
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:-(\d+)(?::(\d+))?)?\s*", part)
+        if m:
+            lo, hi, step = int(m.group(1)), int(m.group(2) or m.group(1)), int(m.group(3) or 1)
+            out.update(range(lo, hi + 1, step))
+    return out
+
+
 # -- progress ------------------------------------------------------------------------------------
 
 @dataclass
@@ -139,6 +151,7 @@ class Counts:
     running: int = 0
     pending: int = 0
     failed: int = 0
+    cancelled: int = 0     # of the failed ones
 
     @property
     def total(self) -> int:
@@ -156,11 +169,33 @@ def count(states: Iterable[JobState]) -> Counts:
             c.done += 1
         elif s.final:
             c.failed += 1
+            c.cancelled += s is JobState.CANCELLED
         elif s is JobState.RUNNING:
             c.running += 1
         else:
             c.pending += 1
     return c
+
+
+def overall_state(c: Counts) -> JobState:
+    """One state for a whole sweep: running while an element runs, pending while one waits,
+    then completed (every element), cancelled (every element) or failed (some)."""
+    if c.running:
+        return JobState.RUNNING
+    if c.pending:
+        return JobState.PENDING
+    if not c.failed:
+        return JobState.COMPLETED
+    return JobState.FAILED if c.done or c.cancelled < c.failed else JobState.CANCELLED
+
+
+def array_label(native_id: str) -> str:
+    """The array an element's native id belongs to, for display: ``12_3`` (SLURM, local) ->
+    ``12``, ``12.3`` (Grid Engine) -> ``12``, ``12[3].head`` (PBS) -> ``12[].head``."""
+    m = re.fullmatch(r"(\d+)\[\d+\](.*)", native_id)
+    if m:
+        return f"{m.group(1)}[]{m.group(2)}"
+    return re.sub(r"^(\d+)[_.]\d+$", r"\1", native_id)
 
 
 def progress_line(c: Counts, elapsed: float, width: int = 24) -> str:

@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from . import sweep as sweepmod
 from . import sweeps
 from .errors import ClusterError
+from .failure import explain
 from .options import count_option
 
 
@@ -65,8 +66,8 @@ def run_sweep(magics: Any, backend: Any, args: Any, cell: str) -> Any:
     shell = magics.shell
     if not backend.scheduler.array_index:
         raise UsageError(f"profile {backend.name}: the {backend.scheduler.name} scheduler has "
-                         "no job arrays for sweeps (sweeps run on local, slurm, sge and "
-                         "pbs profiles); nothing was submitted")
+                         "no job arrays for sweeps (sweeps run on local, ssh, slurm, sge, "
+                         "pbs and kubernetes profiles); nothing was submitted")
     limit = _whole("--max-elements", args.max_elements, sweepmod.MAX_ELEMENTS)
     local = backend.scheduler.name == "local"
     max_running = _whole("--max-running", args.max_running,
@@ -142,8 +143,22 @@ def finish(shell: Any, sw: sweeps.Sweep) -> Any:
     return None
 
 
+def element_line(index: int, params: dict[str, Any], rec: Any) -> str:
+    """One element of ``%cluster sweep ID``: index, state, native id, parameters and, for
+    one that did not complete, the first line of why (pure)."""
+    p = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    why = ""
+    if rec.state.final and not rec.state.ok:
+        why = (explain(rec, rec.error or {}).strip().splitlines() or [""])[0]
+    elif rec.reason:
+        why = rec.reason.strip().splitlines()[0]
+    return (f"  {index:>5}  {rec.state.value:<13} {rec.native_id or '-':<14} {p}"
+            + (f"  {why[:100]}" if why else ""))
+
+
 def show_sweep(ref: str) -> sweeps.Sweep:
-    """``%cluster sweep ID``: each element's parameters and state."""
+    """``%cluster sweep ID``: each element's state, native id, parameters and first error
+    line."""
     sw = sweeps.find(ref)
     if sw is None:
         raise UsageError(f"no sweep {ref!r} in the journal (%cluster jobs lists jobs)")
@@ -151,11 +166,9 @@ def show_sweep(ref: str) -> sweeps.Sweep:
     print(f"sweep {sw.id} ({sw.name}) on {sw.backend.name}, arrays: "
           f"{', '.join(sw.array_ids) or '-'}")
     print(sw.progress())
+    print(f"  {'INDEX':>5}  {'STATE':<13} {'NATIVE':<14} PARAMETERS  WHY")
     for e in sw.elements:
-        p = ", ".join(f"{k}={v!r}" for k, v in e.params.items())
-        rec = e.job.record
-        print(f"  {e.index:>5}  {rec.state.value:<13} {rec.native_id or '-':<12} {p}"
-              + (f"  {rec.reason[:60]}" if rec.reason and not e.ok else ""))
+        print(element_line(e.index, e.params, e.job.record))
     return sw
 
 

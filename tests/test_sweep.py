@@ -12,8 +12,8 @@ from IPython.utils.capture import capture_output
 
 from clusterjupyter import api
 from clusterjupyter.states import JobState
-from clusterjupyter.sweep import (SweepError, array_ranges, elements, gather, parse_axes,
-                                  progress_line, count)
+from clusterjupyter.sweep import (SweepError, array_label, array_ranges, count, elements,
+                                  gather, parse_axes, progress_line)
 from helpers import (close_module_env, ensure, make_env, scancel_leftovers, scheduler_env,
                      started_doc, wait_for, write_profiles)
 from shells import new_shell, ok, run
@@ -46,6 +46,25 @@ def test_array_ranges_and_progress():
     line = progress_line(count([JobState.COMPLETED, JobState.FAILED, JobState.RUNNING,
                                 JobState.PENDING]), 10.0)
     assert "2/4: 1 done, 1 running, 1 pending, 1 failed, ETA 10s" in line
+
+
+def test_sweep_row_state_and_array_label():
+    from clusterjupyter.sweeplist import sweep_row
+
+    S = JobState
+    assert array_label("12_3") == "12" and array_label("12.3") == "12"
+    assert array_label("12[3].head") == "12[].head" and array_label("") == ""
+    s = {"id": "ab" * 12, "name": "sw", "profile": "p", "created": 1.0, "size": 4,
+         "native": "7[3]", "started": 10.0, "finished": 15.0,
+         "states": {S.COMPLETED: 2, S.RUNNING: 1, S.PENDING: 1}}
+    row = sweep_row(s, now=20.0)
+    assert (row.state, row.native, row.elapsed, row.name) == (S.RUNNING, "7[]", 10.0, "sw [4]")
+    assert row.reason == "sweep: 2/4 done, 1 running, 1 pending, 0 failed"
+    done = sweep_row({**s, "states": {S.COMPLETED: 3, S.FAILED: 1}})
+    assert (done.state, done.elapsed) == (S.FAILED, 5.0)
+    assert sweep_row({**s, "states": {S.CANCELLED: 4}}).state is S.CANCELLED
+    assert sweep_row({**s, "states": {S.COMPLETED: 4}}).state is S.COMPLETED
+    assert sweep_row({**s, "states": {S.PENDING: 4}, "started": None}).elapsed is None
 
 
 def test_results_table_or_dict(monkeypatch):
@@ -86,6 +105,28 @@ def test_local_sweep_failures_summary_retry(shell, tmp_path):
     assert len(set(pids)) == 4 and os.getpid() not in pids
     assert [e.index for e in sw.failed()] == [2, 3]
     assert isinstance(sw.failed()[0].exception, ValueError)
+    # %cluster jobs: the sweep is one row with its element counts, beside a single job
+    ok(shell, "%%cluster\nsingle = 1")
+    with capture_output() as cap:
+        ok(shell, "%cluster jobs")
+    rows = [ln for ln in cap.stdout.splitlines() if ln.startswith(sw.id[:8])]
+    assert len(rows) == 1 and "sweep: 4/6 done, 0 running, 0 pending, 2 failed" in rows[0]
+    assert " failed " in rows[0] and "[6]" in rows[0]
+    assert not any(e.job.id[:8] in cap.stdout for e in sw.elements if e.job.id[:8] != sw.id[:8])
+    assert len(cap.stdout.splitlines()) == 3          # header, the single job, the sweep
+    with capture_output() as cap:
+        ok(shell, "%cluster jobs --state completed --limit 1")
+    assert len(cap.stdout.splitlines()) == 2 and sw.id[:8] not in cap.stdout
+    # %cluster sweep ID: each element's state, native id and first error line
+    with capture_output() as cap:
+        ok(shell, f"%cluster sweep {sw.id[:8]}")
+    lines = {int(ln.split()[0]): ln for ln in cap.stdout.splitlines()
+             if ln.strip()[:1].isdigit()}
+    assert sorted(lines) == list(range(6))
+    for e in sw.elements:
+        assert e.job.record.native_id in lines[e.index] and e.state.value in lines[e.index]
+    assert "raised ValueError: element 2 refused" in lines[2]
+    assert "raised" not in lines[0]
     # retry: only the failed elements run again, as a new array of the same sweep
     flag.write_text("")
     first_ids = {e.index: e.job.id for e in sw.elements}
@@ -330,3 +371,100 @@ def test_pbs_cancel_whole_sweep(pbs_profile):
     counts = sw.cancel()                          # one qdel ID[] for the whole array
     assert counts.failed == 3 and counts.done == 0, sw.summary()
     assert {e.state for e in sw.elements} == {JobState.CANCELLED}
+
+
+# -- Kubernetes: one Indexed Job ---------------------------------------------------------------
+# No API server can run here. The sweep goes through the real magic and the official client to
+# a local recorder answering like the API (tests/test_kubernetes.py); then each pod's command,
+# as the generated manifest states it, is run here for real with the JOB_COMPLETION_INDEX
+# Kubernetes would give it, in a private mount namespace (the pod's /run/clusterjupyter is a
+# tmpfs): the element it picks runs the real runner on its real directory.
+
+from test_kubernetes import NS, api_server, options  # noqa: E402,F401  (the recorder fixture)
+
+
+def _k8s_list(recorder, items: list) -> None:
+    recorder.answer("GET", f"/apis/batch/v1/namespaces/{NS}/jobs", 200,
+                      {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {},
+                       "items": items})
+
+
+def _run_pod(job: dict, index: int, secret: bytes) -> subprocess.CompletedProcess:
+    """Run the pod of completion index ``index`` of the Job ``job`` as Kubernetes would."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {**os.environ, "JOB_COMPLETION_INDEX": str(index),
+           "CLUSTERJUPYTER_SECRET": secret.decode()}
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    mount = 'mount -t tmpfs tmpfs /run && mkdir /run/clusterjupyter && exec "$@"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", mount, "sh", *container["command"]],
+                          cwd=container["workingDir"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_kubernetes_sweep_is_one_indexed_job(shell, cj_home, api_server,  # noqa: F811
+                                             tmp_path):
+    import base64
+
+    from clusterjupyter.sweeps import Sweep
+
+    opts = {**options(api_server.url), "python": sys.executable, "run_as_user": os.getuid(),
+            "run_as_group": os.getgid()}
+    write_profiles(cj_home, {"k8s": {"scheduler": "kubernetes", "workdir": str(tmp_path / "w"),
+                                     "environment": "off", "scheduler_options": opts}})
+    jobs_path = f"/apis/batch/v1/namespaces/{NS}/jobs"
+    api_server.answer("POST", jobs_path, 201, "echo")
+    api_server.answer("POST", f"/api/v1/namespaces/{NS}/secrets", 201, "echo")
+    api_server.answer("GET", f"/api/v1/namespaces/{NS}/pods", 200,
+                      {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []})
+    _k8s_list(api_server, [])
+    flag = tmp_path / "flag"
+    ok(shell, f"flag = {str(flag)!r}")
+    ok(shell, '%%cluster k8s --async --time 10m --max-running 2 --sweep "a in range(3)" '
+              '--job sw\nimport os\nif a == 1 and not os.path.exists(flag):\n'
+              '    raise ValueError("one")\nsq = a * a\npid = os.getpid()')
+    sw = shell.user_ns["sw"]
+    posts = [r for r in api_server.requests if r["method"] == "POST"]
+    secret = base64.b64decode(posts[0]["body"]["data"]["secret"])
+    [job] = [r["body"] for r in posts if r["path"] == jobs_path]
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 2)
+    assert spec["backoffLimitPerIndex"] == 0 and "backoffLimit" not in spec
+    assert spec["template"]["spec"]["activeDeadlineSeconds"] == 600     # per element
+    assert "activeDeadlineSeconds" not in spec
+    from kubernetes import client as k8s     # every field is one the official model knows
+
+    api = k8s.ApiClient()
+    assert api.sanitize_for_serialization(api._ApiClient__deserialize(job, "V1Job")) == job
+    name = job["metadata"]["name"]
+    assert [e.job.record.native_id for e in sw.elements] == [f"{name}[{i}]" for i in range(3)]
+    # the job controller's part, played here: each index's pod, then the Job's status
+    ran = [_run_pod(job, i, secret) for i in range(3)]
+    assert ran[0].returncode == ran[2].returncode == 0, ran[0].stderr
+    _k8s_list(api_server, [{**job, "status": {"completedIndexes": "0,2", "failedIndexes": "1",
+                                              "conditions": [{"type": "Failed",
+                                                              "status": "True",
+                                                              "reason": "FailedIndexes"}]}}])
+    counts = sw.wait(60)
+    assert (counts.done, counts.failed) == (2, 1), sw.summary()
+    assert isinstance(sw.elements[1].exception, ValueError)
+    pids = [sw.elements[i].outputs()["pid"] for i in (0, 2)]
+    assert os.getpid() not in pids and pids[0] != pids[1]
+    # retry: a new Indexed Job of one completion, whose index 0 is element 1
+    flag.write_text("")
+    api_server.requests.clear()
+    Sweep(sw.id).retry()
+    [again] = [r["body"] for r in api_server.requests
+               if r["method"] == "POST" and r["path"] == jobs_path]
+    env = {e["name"]: e.get("value") for e in again["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert again["spec"]["completions"] == 1 and env["CJ_INDICES"] == "1"
+    assert _run_pod(again, 0, secret).returncode == 0
+    _k8s_list(api_server, [{**again, "status": {"completedIndexes": "0", "conditions": [
+        {"type": "Complete", "status": "True"}]}}])
+    sw = Sweep(sw.id)
+    assert sw.wait(60).done == 3, sw.summary()
+    assert sw.elements[1].job.record.native_id == f"{again['metadata']['name']}[1]"
+    assert sw.results()["sq"]["sq"].tolist() == [0, 1, 4]
+    # an index beyond the list (a Job that was changed by hand) runs nothing
+    bad = _run_pod(again, 5, secret)
+    assert bad.returncode == 71 and "no element for completion index 5" in bad.stderr

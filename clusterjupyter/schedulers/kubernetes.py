@@ -14,6 +14,14 @@ for their pod add one ``list_namespaced_pod`` call (OOMKilled, image pull errors
 unschedulable). Cancel deletes the Job with foreground propagation (its pod goes too); hold and
 release set ``spec.suspend``.
 
+A sweep is one Indexed Job (``completionMode: Indexed``): Kubernetes gives each pod its
+``JOB_COMPLETION_INDEX``, which picks the element (through the ``CJ_INDICES`` list when a retry
+runs only some elements); ``backoffLimitPerIndex: 0`` runs each element once without a failed
+element stopping the others, ``parallelism`` is ``--max-running`` and ``--time`` is each pod's
+``activeDeadlineSeconds``. An element's native id is ``JOBNAME[INDEX]``; its state comes from
+the Job's ``completedIndexes`` / ``failedIndexes`` and, while it runs, from its pod. Only the
+generated manifest and the element-picking shell code were tested, not a real cluster.
+
 This scheduler talks to the API server instead of running commands: every API call goes
 through :meth:`KubernetesScheduler.api` (the single seam, one error type). It was tested
 against the client's own serialization and a local HTTP server answering with API-shaped
@@ -28,6 +36,7 @@ import base64
 import getpass
 import json
 import os
+import posixpath
 import re
 import shlex
 import time
@@ -37,6 +46,8 @@ from ..errors import ClusterError, CommandError
 from ..jobdir import SECRET_ENV
 from ..resources import Resources
 from ..states import JobState
+from ..sweep import array_ranges
+from ..sweep import task_set as index_set
 from ..text import hms
 from ..transports.base import Transport
 from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
@@ -77,6 +88,16 @@ SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/names
 _ENTRY = ('umask 077 && printf "%s" "$CLUSTERJUPYTER_SECRET" > {dir}/secret && '
           'unset CLUSTERJUPYTER_SECRET && export {env}={dir}/secret || exit 70\n'
           '{prelude}exec "$@"')
+#: a sweep's pod: its element from JOB_COMPLETION_INDEX (the CJ_INDICES word of that position
+#: when the Job runs only some elements), then the element's directory (CJ_ARRAY_BASE + index)
+ELEMENT = ('i=${JOB_COMPLETION_INDEX:?not an Indexed Job}\n'
+           'if [ -n "${CJ_INDICES:-}" ]; then '
+           'i=$(printf "%s\\n" $CJ_INDICES | sed -n "$((i + 1))p"); fi\n'
+           'case $i in ""|*[!0-9]*) echo "no element for completion index'
+           ' $JOB_COMPLETION_INDEX" >&2; exit 71;; esac\n'
+           'CJ_JOB_DIR="$CJ_ARRAY_BASE$(printf %08d "$i")" && cd "$CJ_JOB_DIR" || exit 71\n')
+#: annotation of a sweep's Job: the element index of each completion index (array_ranges)
+ANNOTATION_INDICES = "clusterjupyter.io/indices"
 
 
 class KubernetesScheduler(Scheduler):
@@ -121,6 +142,9 @@ class KubernetesScheduler(Scheduler):
         self._secret_ok = False
         self._namespace: str | None = self.options.get("namespace") or None
 
+    #: an Indexed Job's pod finds its element from this (see :data:`ELEMENT`)
+    array_index = "${JOB_COMPLETION_INDEX}"
+
     # -- the manifest -----------------------------------------------------------------------
     def render(self, spec: JobSpec) -> str:
         """The Job manifest (JSON) — what ``%cluster script`` shows and job.sh holds."""
@@ -135,7 +159,7 @@ class KubernetesScheduler(Scheduler):
             "ttlSecondsAfterFinished": int(self.options.get("ttl_seconds", 3600)),
             "template": {"metadata": {"labels": labels}, "spec": self.pod(spec)},
         }
-        if spec.resources.time:
+        if spec.resources.time and not spec.array_prefix:
             job_spec["activeDeadlineSeconds"] = int(spec.resources.time)
         return {
             "apiVersion": "batch/v1", "kind": "Job",
@@ -145,6 +169,32 @@ class KubernetesScheduler(Scheduler):
                                          "clusterjupyter.io/job-dir": spec.paths.dir}},
             "spec": job_spec,
         }
+
+    def array_manifest(self, spec: JobSpec, indices: Sequence[int],
+                       max_running: int) -> dict[str, Any]:
+        """A sweep's Indexed Job: one completion index per element of ``indices`` (in
+        order), each run once, at most ``max_running`` at a time (0: all), ``--time`` for each
+        element's pod."""
+        if not spec.array_prefix:
+            raise ClusterError("kubernetes: an Indexed Job needs the sweep's element prefix")
+        m = self.manifest(spec)
+        job_spec = m["spec"]
+        del job_spec["backoffLimit"]                 # per index instead: a failure stops no other
+        job_spec.update({"completionMode": "Indexed", "completions": len(indices),
+                         "parallelism": int(max_running) if max_running else len(indices),
+                         "backoffLimitPerIndex": 0, "maxFailedIndexes": len(indices)})
+        pod = job_spec["template"]["spec"]
+        if spec.resources.time:
+            pod["activeDeadlineSeconds"] = int(spec.resources.time)
+        ordered = list(indices)
+        m["metadata"]["annotations"][ANNOTATION_INDICES] = array_ranges(ordered) \
+            if ordered == sorted(set(ordered)) else ",".join(map(str, ordered))
+        env = pod["containers"][0]["env"]
+        base = posixpath.join(spec.paths.root, "jobs", spec.array_prefix)
+        env.append({"name": "CJ_ARRAY_BASE", "value": base})
+        if ordered != list(range(len(ordered))):
+            env.append({"name": "CJ_INDICES", "value": " ".join(map(str, ordered))})
+        return m
 
     def amounts(self, res: Resources) -> dict[str, str]:
         """Container requests (= limits) for ``res``; what Kubernetes cannot express is
@@ -179,13 +229,17 @@ class KubernetesScheduler(Scheduler):
         prelude = "".join(f"{line}\n" for line in spec.prelude)
         python = shlex.split(str(self.options.get("python", "python3")))
         sub_path = self.options.get("pvc_sub_path")
+        entry = _ENTRY.format(dir=SECRET_DIR, env=SECRET_ENV, prelude=prelude)
+        job_dir = [spec.paths.dir]
+        if spec.array_prefix:          # the element's directory is known in the pod only
+            entry = ELEMENT + entry.replace('exec "$@"', 'exec "$@" "$CJ_JOB_DIR"')
+            job_dir = []
         container: dict[str, Any] = {
             "name": "cell",
             "image": str(self.options["image"]),
-            "command": ["/bin/sh", "-c", _ENTRY.format(dir=SECRET_DIR, env=SECRET_ENV,
-                                                       prelude=prelude), "sh",
-                        *python, "-m", "clusterjupyter.runner", spec.paths.dir],
-            "workingDir": spec.paths.dir,
+            "command": ["/bin/sh", "-c", entry, "sh",
+                        *python, "-m", "clusterjupyter.runner", *job_dir],
+            "workingDir": spec.paths.root if spec.array_prefix else spec.paths.dir,
             "env": env,
             "volumeMounts": [
                 {"name": "work", "mountPath": spec.paths.root,
@@ -334,11 +388,28 @@ class KubernetesScheduler(Scheduler):
                            field_validation="Strict")
         return str(created.metadata.name)
 
+    def submit_array(self, spec: JobSpec, indices: Sequence[int], max_running: int) -> str:
+        self._ensure_secret(spec)
+        created = self.api("batch.create_namespaced_job", self.namespace,
+                           self.array_manifest(spec, indices, max_running),
+                           field_validation="Strict")
+        return str(created.metadata.name)
+
+    def element_native_id(self, array_id: str, index: int) -> str:
+        return f"{array_id}[{index}]"
+
+    def array_of(self, native_id: str) -> str:
+        return native_id.split("[")[0]
+
     def status(self, native_ids: Sequence[str], job_ids: Sequence[str]) -> dict[str, NativeStatus]:
         if not native_ids:
             return {}
+        # a sweep's elements: their Job is labelled with the array's prefix (24 digits)
+        labels = [j[:24] if "[" in n else j for n, j in zip(native_ids, job_ids, strict=True)]
         jobs = self.api("batch.list_namespaced_job", self.namespace,
-                        label_selector=_selector(job_ids)).items
+                        label_selector=_selector(labels)).items
+        arrays = [j for j in jobs if (j.metadata.annotations or {}).get(ANNOTATION_INDICES)]
+        out = self._elements(arrays, native_ids) if arrays else {}
         jobs = [j for j in jobs if j.metadata.name in native_ids]
         pods: dict[str, list[Any]] = {}
         curious = [j for j in jobs if self._needs_pods(j)]
@@ -347,8 +418,52 @@ class KubernetesScheduler(Scheduler):
             for pod in self.api("core.list_namespaced_pod", self.namespace,
                                 label_selector=selector).items:
                 pods.setdefault((pod.metadata.labels or {}).get(LABEL_JOB, ""), []).append(pod)
-        return {j.metadata.name: self.native(j, pods.get(
-            (j.metadata.labels or {}).get(LABEL_JOB, ""), [])) for j in jobs}
+        return {**out, **{j.metadata.name: self.native(j, pods.get(
+            (j.metadata.labels or {}).get(LABEL_JOB, ""), [])) for j in jobs}}
+
+    def _elements(self, arrays: Sequence[Any], native_ids: Sequence[str]
+                  ) -> dict[str, NativeStatus]:
+        """The elements of Indexed Jobs: final from ``completedIndexes`` / ``failedIndexes``,
+        else running or waiting as their pod is (one pod listing for all the arrays)."""
+        active = [j for j in arrays if j.status is not None and j.status.active]
+        pods: dict[tuple[str, str], Any] = {}
+        if active:
+            selector = _selector([(j.metadata.labels or {}).get(LABEL_JOB, "") for j in active])
+            for pod in self.api("core.list_namespaced_pod", self.namespace,
+                                label_selector=selector).items:
+                index = (pod.metadata.annotations or {}).get(
+                    "batch.kubernetes.io/job-completion-index", "")
+                pods[((pod.metadata.labels or {}).get(LABEL_JOB, ""), index)] = pod
+        wanted = set(native_ids)
+        out = {}
+        for job in arrays:
+            st = job.status
+            label = (job.metadata.labels or {}).get(LABEL_JOB, "")
+            done = index_set((st and st.completed_indexes) or "")
+            failed = index_set((st and getattr(st, "failed_indexes", None)) or "")
+            ended = self.native(job).state.final
+            text = (job.metadata.annotations or {})[ANNOTATION_INDICES]
+            order = [int(x) for x in text.split(",")] if "-" not in text else \
+                sorted(index_set(text))
+            for pos, index in enumerate(order):
+                native_id = self.element_native_id(job.metadata.name, index)
+                if native_id not in wanted:
+                    continue
+                pod = pods.get((label, str(pos)))
+                if pos in done:
+                    out[native_id] = NativeStatus(_S.COMPLETED, "", 0, native="Complete")
+                elif pos in failed or ended:
+                    out[native_id] = self._failed("Failed", _Condition("Failed"),
+                                                  [pod] if pod else [], "")
+                elif pod is not None and pod.status is not None \
+                        and pod.status.phase == "Running":
+                    out[native_id] = NativeStatus(_S.RUNNING, "", native="Running",
+                                                  host=(pod.spec and pod.spec.node_name) or "")
+                else:
+                    out[native_id] = NativeStatus(_S.PENDING, self._waiting([pod] if pod
+                                                                            else []),
+                                                  native="Pending")
+        return out
 
     def _needs_pods(self, job: Any) -> bool:
         st = job.status
@@ -458,6 +573,13 @@ class KubernetesScheduler(Scheduler):
                                   state=st.state, native=st.native, reason=st.reason,
                                   elapsed=elapsed, partition=self.namespace))
         return out
+
+
+class _Condition:
+    """A Job condition of our own making (an element of an Indexed Job has none)."""
+
+    def __init__(self, type_: str) -> None:
+        self.type, self.status, self.reason, self.message = type_, "True", "", "its pod failed"
 
 
 def job_name(job_id: str) -> str:

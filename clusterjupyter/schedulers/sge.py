@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..errors import ClusterError
 from ..states import JobState
+from ..sweep import task_set
 from ..text import clock_seconds, hms, signal_name
 from ..transports.base import Transport
 from .base import JobSpec, NativeStatus, QueueEntry
@@ -285,17 +286,6 @@ def error_reason(text: str) -> str:
         if line.startswith("error reason"):
             return line.split(":", 1)[1].strip() if ":" in line else line
     return ""
-
-
-def task_set(text: str) -> set[int]:
-    """``qstat``'s ``tasks`` field (``3``, ``3,4``, ``5-10:1``) as task numbers."""
-    out: set[int] = set()
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:-(\d+)(?::(\d+))?)?\s*", part)
-        if m:
-            lo, hi, step = int(m.group(1)), int(m.group(2) or m.group(1)), int(m.group(3) or 1)
-            out.update(range(lo, hi + 1, step))
-    return out
 
 
 def parse_qacct(text: str) -> list[dict[str, str]]:
