@@ -153,7 +153,7 @@ def test_every_element_failing_raises_and_bad_sweeps_submit_nothing(shell):
 
 
 def test_local_time_limit_cancel_and_kernel_restart(shell):
-    ok(shell, '%%cluster --time 0:00:02 --sweep "a in [0, 1, 2]" --job tl\n'
+    ok(shell, '%%cluster --time 0:00:08 --sweep "a in [0, 1, 2]" --job tl\n'
               'import time\nif a == 1:\n    time.sleep(30)\nout = a')
     tl = shell.user_ns["tl"]
     assert [e.state for e in tl.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
