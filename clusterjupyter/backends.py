@@ -207,10 +207,10 @@ class Backend:
             print(warning, file=sys.stderr)
 
     def _sync(self) -> None:
-        from . import envguard, envsync
+        from . import envguard, envreqs, envsync
 
         self.prepare()
-        reqs = envsync.kernel_requirements(modules=envguard.needed_by_profile(self.name))
+        reqs = envreqs.kernel_requirements(modules=envguard.needed_by_profile(self.name))
         envsync.sync(self, reqs, say=lambda line: print(line, file=sys.stderr))
 
     def submit(self, sub: Submission) -> JobRecord:

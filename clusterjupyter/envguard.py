@@ -220,7 +220,9 @@ def job_needs(sub: Any, profile: str) -> tuple[dict[str, tuple[str, str]],
                                              sub.packed.modules.values(), shipped)
     pickled = kernel_side(pickled_mods)
     by_cell = kernel_side(cell_mods)
-    _NEEDED.setdefault(profile, set()).update(pickled, by_cell)
+    # a shipped module that a distribution provides (an editable install's source) is not
+    # compared, but env sync installs its distribution (its dependencies, data, metadata)
+    _NEEDED.setdefault(profile, set()).update(pickled, by_cell, kernel_side(shipped))
     used_dill = any(getattr(b, "used_dill", False) for b in sub.packed.blobs.values())
     return pickled, by_cell, used_dill
 

@@ -1,15 +1,16 @@
 """Environment sync: build on the cluster an environment matching the kernel's, once.
 
-The requirements are the kernel's distributions pinned to their versions (from
-:mod:`importlib.metadata`): by default those providing the modules the environment guard found
-in this kernel's cells for the profile (else every module the kernel has imported, without the
-kernel's own machinery), plus dill and tblib; ``--all`` takes the whole kernel environment,
-``--packages`` names them. The environment lives in ``WORKDIR/envs/<hash of the requirements
-and Python minor version>``: built with ``uv`` when the cluster has it, else ``python -m venv``
-and pip, as a detached process whose log (``build.log``) stays in the directory; the marker
-``.complete`` is written last. A later sync with the same hash reuses it; a changed kernel
-environment gives another hash, hence another environment. The profile's jobs then run with
-the environment's interpreter (remembered in the user's data directory).
+The requirements (:mod:`.envreqs`) are the kernel's distributions: by default those providing
+the modules the environment guard found in this kernel's cells for the profile (else every
+module the kernel has imported, without the kernel's own machinery), plus dill and tblib;
+``--all`` takes the whole kernel environment, ``--packages`` names them. Index packages are
+pinned to their versions, conda packages mapped to pip requirements where they can be, local
+and editable ones built here as wheels and shipped content-addressed (never sent twice). The
+environment lives in ``WORKDIR/envs/<hash of the requirements and Python minor version>``,
+built (:mod:`.envbuild`) on the login host or as a job, its ``build.log`` kept there; the
+marker ``.complete`` is written last. A later sync with the same hash reuses it; a changed
+kernel environment gives another hash, hence another environment. The profile's jobs then run
+with the environment's interpreter (remembered in the user's data directory).
 """
 
 from __future__ import annotations
@@ -21,90 +22,15 @@ import posixpath
 import shlex
 import sys
 import time
-from dataclasses import dataclass
-from importlib import metadata
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from . import envguard, envprobe
+from . import envbuild, envguard, envprobe, envreqs
 from . import paths as local_paths
 from .errors import ClusterError
 
-#: always in a synced environment (the runner uses them)
-RUNTIME = ("dill", "tblib")
-#: the kernel's machinery: imported by every kernel, never needed by a job
-KERNEL_ONLY = frozenset({
-    "clusterjupyter", "ipykernel", "jupyter-client", "jupyter-core", "pyzmq", "tornado", "comm",
-    "debugpy", "nest-asyncio", "jupyter-server", "jupyterlab", "notebook", "ipywidgets",
-    "widgetsnbextension", "pytest", "pluggy", "iniconfig", "pip", "setuptools", "wheel",
-    "paramiko", "platformdirs", "tomli-w", "psutil", "pexpect", "ptyprocess", "appnope",
-})
 ACTIVE_FILE = "synced-envs.json"
-MARKER = ".complete"
-FAILED = ".failed"
-BUILD = r"""
-set -e
-dir=$1; base=$2; minor=$3
-cd "$dir"
-trap '[ -e .complete ] || touch .failed' EXIT
-py=$base
-if ! "$base" -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != sys.argv[1])' "$minor" \
-    && command -v "python$minor" >/dev/null 2>&1; then py=$(command -v "python$minor"); fi
-set --
-[ -d wheels ] && set -- --no-index --find-links wheels
-if command -v uv >/dev/null 2>&1; then
-  echo "clusterjupyter: uv venv --python $py"
-  uv venv --python "$py" venv
-  uv pip install --python venv/bin/python "$@" -r requirements.txt
-else
-  echo "clusterjupyter: $py -m venv, pip install $*"
-  "$py" -m venv venv
-  venv/bin/python -m pip install --disable-pip-version-check --no-input "$@" -r requirements.txt
-fi
-venv/bin/python -c "import sys; print('clusterjupyter: built', sys.version.split()[0])"
-touch .complete
-"""
-
-
-@dataclass
-class Requirements:
-    python_minor: str
-    lines: list[str]
-
-    @property
-    def digest(self) -> str:
-        text = json.dumps([self.python_minor, sorted(self.lines)])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def text(self) -> str:
-        return "".join(f"{x}\n" for x in sorted(self.lines))
-
-
-def _dist_of(module: str) -> list[str]:
-    return envguard._module_dists().get(module, [])
-
-
-def kernel_requirements(packages: Iterable[str] | None = None, modules: Iterable[str] = (),
-                        whole: bool = False) -> Requirements:
-    """The kernel's pinned distributions for ``packages`` (names), else those providing
-    ``modules``, else every imported module's; the whole environment with ``whole``."""
-    names: set[str] = set(RUNTIME)
-    if whole:
-        names |= {d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"]}
-    elif packages:
-        names |= set(packages)
-    else:
-        mods = set(modules) or {m.split(".", 1)[0] for m in list(sys.modules)}
-        for mod in mods - set(sys.stdlib_module_names):
-            names.update(_dist_of(mod))
-    lines = []
-    for name in sorted(names, key=envprobe.normalize):
-        if envprobe.normalize(name) in KERNEL_ONLY and not packages:
-            continue
-        try:
-            lines.append(f"{envprobe.normalize(name)}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            raise ClusterError(f"{name!r} is not installed in the kernel's environment") from None
-    return Requirements("%d.%d" % sys.version_info[:2], sorted(set(lines)))
+MARKER, FAILED, LOG = envbuild.MARKER, envbuild.FAILED, envbuild.LOG
+Requirements = envreqs.Requirements
 
 
 # -- which environment a profile uses -----------------------------------------------------------
@@ -168,7 +94,8 @@ def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
     profile's. Returns its entry with ``"built"`` (False when it was already there) and
     ``"seconds"``. Raises ClusterError with the build log's tail when the build fails.
     ``offline`` (default: the profile's ``env_offline``): the wheels are downloaded here and
-    shipped through the blob store; the cluster installs from them only."""
+    shipped through the blob store; the cluster installs from them only. Local distributions
+    (editable, from a directory or file) are shipped as wheels built here either way."""
     if offline is None:
         offline = bool(getattr(backend.profile, "env_offline", False))
     t0 = time.perf_counter()
@@ -177,99 +104,106 @@ def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
     base = envprobe.interpreter_info(transport, profile)
     d = posixpath.join(envs_root(backend), reqs.digest)
     python = posixpath.join(d, "venv", "bin", "python")
-    marker, failed, log = (posixpath.join(d, n) for n in (MARKER, FAILED, "build.log"))
+    marker, failed = posixpath.join(d, MARKER), posixpath.join(d, FAILED)
     state = transport.existing([marker, failed, d])
     built = marker not in state
+    native = None
     if built:
         if failed in state:
             transport.remove_tree(d)
             state = set()
-        if d not in state:
-            transport.makedirs(d)
-            if offline:
-                ship_wheels(backend, transport, reqs, posixpath.join(d, "wheels"), say)
-            transport.write(posixpath.join(d, "requirements.txt"), reqs.text().encode())
-            lines = envprobe.launch_lines(profile)[:-1]
-            argv = ["sh", "-c", "\n".join([*lines, BUILD]), "sh", d, base.executable,
-                    reqs.python_minor]
-            say(f"building the environment {reqs.digest} on {transport.where} "
-                f"({len(reqs.lines)} requirements; log: {log})")
-            transport.spawn(argv, log)
-        _follow(transport, log, marker, failed, say, timeout, poll)
-    entry = {"dir": d, "python": python, "digest": reqs.digest, "requirements": reqs.lines,
-             "python_minor": reqs.python_minor}
+        if d in state:      # being built (by another kernel, or a sync that was interrupted)
+            native = envbuild.job_of(transport, d)
+        else:
+            for line in reqs.plan():
+                say(line)
+            wheels = ship_wheels(backend, transport, reqs, posixpath.join(d, "wheels"), say,
+                                 offline)
+            transport.write_many({
+                posixpath.join(d, "requirements.txt"): (reqs.text(wheels).encode(), 0o600),
+                posixpath.join(d, "plan.txt"): ("".join(f"{x}\n" for x in reqs.plan())
+                                                .encode(), 0o600)})
+            how = "on the login host" if envbuild.mode(profile) == "login" else "as a job"
+            say(f"building the environment {reqs.digest} on {transport.where} {how} (log: "
+                f"{posixpath.join(d, LOG)})")
+            native = envbuild.start(backend, transport, d, base.executable,
+                                    reqs.python_minor, offline, say)
+        envbuild.follow(backend, transport, d, say, timeout, poll, native)
+    entry = {"dir": d, "python": python, "digest": reqs.digest,
+             "requirements": _shown(reqs), "python_minor": reqs.python_minor}
     _set_active(profile, entry)
     envprobe.forget(profile, shlex.quote(python))
     return {**entry, "built": built, "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def _shown(reqs: Requirements) -> list[str]:
+    """The requirements as remembered and compared: the pinned lines, then each local
+    wheel's name, version and source hash."""
+    return sorted(reqs.lines) + [f"{d.name}=={d.version} (local {d.digest[:12]})"
+                                 for d in reqs.local]
+
+
 def ship_wheels(backend: Any, transport: Any, reqs: Requirements, wheels: str,
-                say: Callable[[str], None]) -> int:
-    """Download the wheels of ``reqs`` (and their dependencies) here with pip, put each under
-    its content address in the blob store (an unchanged one is not sent again) and link them
-    into ``wheels``. The cluster must share this machine's platform. Returns how many were
-    sent."""
+                say: Callable[[str], None], offline: bool) -> dict[str, str]:
+    """Put the wheels the cluster installs from this machine under their content address in
+    the blob store (an unchanged one is never sent again) and link them into ``wheels``:
+    each local distribution's (built here, :func:`.envreqs.local_wheel`) and, ``offline``,
+    every requirement's with its dependencies (``pip download`` here: the cluster must share
+    this machine's platform). Returns normalized name -> path there of the local wheels."""
     import subprocess
     import tempfile
 
+    transport.makedirs(posixpath.dirname(wheels))
+    local = {dist.name: envreqs.local_wheel(dist, say) for dist in reqs.local}
+    files = {os.path.basename(path): path for path in local.values()}
+    with tempfile.TemporaryDirectory(prefix="cj-wheels-") as tmp:
+        if offline:
+            req = os.path.join(tmp, "requirements.txt")
+            with open(req, "w") as f:
+                f.write(reqs.text())
+            say(f"downloading {len(reqs.lines)} requirements and their dependencies here (pip)")
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-"
+                                   "version-check", "--only-binary=:all:", "-q", "-d", tmp,
+                                   "-r", req, *local.values()], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise ClusterError(f"pip download failed here:\n{done.stderr.strip()[-2000:]}")
+            files.update({n: os.path.join(tmp, n) for n in os.listdir(tmp)
+                          if n.endswith(".whl") and n not in files})
+        if not files:
+            return {}
+        sent = _send(backend, transport, files, wheels)
+    say(f"wheels: {len(files)} ({sent} sent, {len(files) - sent} already there)")
+    return {name: posixpath.join(wheels, os.path.basename(path)) for name, path in local.items()}
+
+
+def _send(backend: Any, transport: Any, files: dict[str, str], wheels: str) -> int:
+    """Each file (name -> local path) into the blob store under its sha256 unless there, and
+    linked as ``wheels/NAME``. Returns how many were sent."""
     from .serialize import Blob
 
-    with tempfile.TemporaryDirectory(prefix="cj-wheels-") as tmp:
-        req = os.path.join(tmp, "requirements.txt")
-        with open(req, "w") as f:
-            f.write(reqs.text())
-        say(f"downloading {len(reqs.lines)} requirements and their dependencies here (pip)")
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-"
-                               "check", "--only-binary=:all:", "-q", "-d", tmp, "-r", req],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ClusterError(f"pip download failed here:\n{done.stderr.strip()[-2000:]}")
-        files = sorted(n for n in os.listdir(tmp) if n.endswith(".whl"))
-        blobs = {}
-        for name in files:
-            with open(os.path.join(tmp, name), "rb") as f:
+    digests = {}
+    for name, path in files.items():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digests[name] = h.hexdigest()
+    store = posixpath.join(backend.root, "blobs")
+    present = transport.existing({posixpath.join(store, sha) for sha in digests.values()})
+    sent = 0
+    for name, sha in digests.items():
+        path = posixpath.join(store, sha)
+        if path not in present:
+            with open(files[name], "rb") as f:
                 data = f.read()
-            blobs[name] = (hashlib.sha256(data).hexdigest(), data)
-        store = posixpath.join(backend.root, "blobs")
-        present = transport.existing({posixpath.join(store, sha) for sha, _ in blobs.values()})
-        sent = 0
-        for sha, data in blobs.values():
-            path = posixpath.join(store, sha)
-            if path not in present:
-                transport.put_blob(Blob([memoryview(data)], len(data), sha256=sha), path)
-                sent += 1
-        transport.makedirs(wheels)
-        links = [x for name, (sha, _) in blobs.items()
-                 for x in (posixpath.join(store, sha), posixpath.join(wheels, name))]
-        transport.shell('while [ $# -gt 0 ]; do ln -sf "$1" "$2"; shift 2; done', *links)
-        say(f"wheels: {len(files)} ({sent} sent, {len(files) - sent} already there)")
-        return sent
-
-
-def _follow(transport: Any, log: str, marker: str, failed: str, say: Callable[[str], None],
-            timeout: float, poll: float) -> None:
-    offset = 0
-    deadline = time.monotonic() + timeout
-    while True:
-        done = transport.existing([marker, failed])
-        try:
-            chunk = transport.read_from(log, offset)
-        except OSError:
-            chunk = b""
-        offset += len(chunk)
-        for line in chunk.decode(errors="replace").splitlines():
-            if line.strip():
-                say(f"  {line.rstrip()[:200]}")
-        if marker in done:
-            return
-        if failed in done:
-            tail = transport.tail(log, 30)
-            raise ClusterError(f"the environment build failed on {transport.where}; its log "
-                               f"({log}) ends with:\n{tail}")
-        if time.monotonic() > deadline:
-            raise ClusterError(f"the environment build did not finish in {timeout:.0f} s; it "
-                               f"goes on there (log: {log})")
-        time.sleep(poll)
+            transport.put_blob(Blob([memoryview(data)], len(data), sha256=sha), path)
+            present.add(path)
+            sent += 1
+    transport.makedirs(wheels)
+    links = [x for name, sha in digests.items()
+             for x in (posixpath.join(store, sha), posixpath.join(wheels, name))]
+    transport.shell('while [ $# -gt 0 ]; do ln -sf "$1" "$2"; shift 2; done', *links)
+    return sent
 
 
 def list_envs(backend: Any) -> list[dict[str, Any]]:
@@ -287,12 +221,21 @@ def list_envs(backend: Any) -> list[dict[str, Any]]:
         state = ("ready" if posixpath.join(d, MARKER) in present else
                  "failed" if posixpath.join(d, FAILED) in present else "building")
         try:
-            reqs = transport.read(posixpath.join(d, "requirements.txt")).decode().split()
+            text = transport.read(posixpath.join(d, "requirements.txt")).decode()
         except OSError:
-            reqs = []
-        out.append({"digest": name, "dir": d, "state": state, "requirements": reqs,
-                    "active": name == current})
+            text = ""
+        log = posixpath.join(d, LOG)
+        tail = [x for x in transport.tail(log, 8).splitlines() if x.strip()]
+        out.append({"digest": name, "dir": d, "state": state, "active": name == current,
+                    "requirements": [_short(x) for x in text.splitlines() if x.strip()],
+                    "log": log, "log_tail": tail[-5:], "job": envbuild.job_of(transport, d)})
     return out
+
+
+def _short(line: str) -> str:
+    """``name @ file:///…/name-1.0-py3-none-any.whl`` -> ``name (local wheel …whl)``."""
+    name, sep, url = line.partition(" @ file://")
+    return f"{name} (local wheel {posixpath.basename(url)})" if sep else line.strip()
 
 
 def prune(backend: Any) -> list[str]:
@@ -322,6 +265,10 @@ def format_envs(envs: list[dict[str, Any]], where: str) -> str:
         reqs = ", ".join(e["requirements"])
         lines.append(f"{'*' if e['active'] else ' '} {e['digest']:<16} {e['state']:<8} "
                      f"{reqs[:120]}")
+        built = f"built as job {e['job']}; " if e.get("job") else ""
+        lines.append(f"{'':27}{built}log: {e['log']}")
+        shown = e["log_tail"] if e["state"] == "failed" else e["log_tail"][-1:]
+        lines += [f"{'':29}{x[:150]}" for x in shown]
     return "\n".join(lines) + "\n(* in use by this profile)"
 
 
@@ -334,7 +281,8 @@ def command(backend: Any, action: str, packages: list[str] | None = None, whole:
     """One ``env`` action on ``backend``'s profile (shared by the magic and the CLI)."""
     if action == "sync":
         backend.prepare()
-        reqs = kernel_requirements(packages, envguard.needed_by_profile(backend.name), whole)
+        reqs = envreqs.kernel_requirements(packages, envguard.needed_by_profile(backend.name),
+                                           whole)
         entry = sync(backend, reqs, say)
         say(f"{'built' if entry['built'] else 'already there:'} {entry['dir']} "
             f"({entry['seconds']:.1f} s); jobs on {backend.name} now run with "
@@ -375,15 +323,19 @@ def health(backend: Any) -> tuple[str, dict[str, Any]]:
     entry = active(backend.profile)
     synced: dict[str, Any] = {"active": bool(entry)}
     if entry:
-        want = kernel_requirements(modules=envguard.needed_by_profile(backend.name))
-        current = set(want.lines) <= set(entry["requirements"]) or \
+        want = envreqs.kernel_requirements(modules=envguard.needed_by_profile(backend.name))
+        current = set(_shown(want)) <= set(entry["requirements"]) or \
             want.digest == entry["digest"]
-        synced.update(digest=entry["digest"], dir=entry["dir"], current=current)
+        log = posixpath.join(entry["dir"], LOG)
+        tail = [x for x in transport.tail(log, 8).splitlines() if x.strip()]
+        synced.update(digest=entry["digest"], dir=entry["dir"], current=current, log=log,
+                      log_tail=tail[-5:], job=envbuild.job_of(transport, entry["dir"]))
     line = (f"{info.executable}: Python {info.python}, "
             + (f"{len(verdict.rows)} version difference(s), {len(verdict.refused)} refusing"
                if verdict.rows else "versions match")
             + (f"; synced environment {entry['digest']} "
                + ("current" if synced.get("current") else "out of date (env sync)")
-               if entry else ""))
+               + (f", built as job {synced['job']}" if synced.get("job") else "")
+               + f" (build log: {synced['log']})" if entry else ""))
     return line, {"rows": rows, "table": envguard.table(verdict.rows) if verdict.rows else "",
                   "synced": synced, "executable": info.executable}

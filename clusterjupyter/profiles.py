@@ -25,6 +25,7 @@ The file (``profiles.toml`` in the user's config directory, see :mod:`clusterjup
     environment = "check"            # versions checked before each job; "sync": build a
                                      # matching environment there first; "off"
     env_offline = false              # env sync: wheels downloaded here, shipped there
+    env_build = "login"              # env sync builds on the login host, or "job"
     [profiles.hpc.resources]         # defaults for --time, --mem, --cpus, ...
     time = "1h"
     partition = "debug"
@@ -84,6 +85,7 @@ class Profile:
     faults: dict[str, Any] = field(default_factory=dict)   # fault injection (see faults.py)
     environment: str = ""                   # check (default) | sync | off (see envguard.py)
     env_offline: bool = False               # env sync: wheels downloaded here, shipped there
+    env_build: str = ""                     # env sync builds on: login (default) | job
 
     @property
     def remote(self) -> bool:
@@ -148,9 +150,7 @@ class Profile:
                 raise ProfileError(f"invalid environment variable name {key!r}", name, "env")
         kw["env"] = {k: str(v) for k, v in kw.get("env", {}).items()}
         _check_staging(name, kw)
-        if kw.get("environment", "check") not in ENVIRONMENT_MODES:
-            raise ProfileError(f"unknown mode {kw['environment']!r}; valid: "
-                               f"{', '.join(ENVIRONMENT_MODES)}", name, "environment")
+        _check_env_modes(name, kw)
         if kw.get("faults"):
             from .faults import FaultPlan
 
@@ -164,6 +164,15 @@ class Profile:
         profile = cls(**kw)
         Resources.parse(profile.resources, profile.name)  # names a bad resource field
         return profile
+
+
+def _check_env_modes(name: str, kw: dict[str, Any]) -> None:
+    if kw.get("environment", "check") not in ENVIRONMENT_MODES:
+        raise ProfileError(f"unknown mode {kw['environment']!r}; valid: "
+                           f"{', '.join(ENVIRONMENT_MODES)}", name, "environment")
+    if kw.get("env_build", "login") not in ENV_BUILD_MODES:
+        raise ProfileError(f"unknown place {kw['env_build']!r}; valid: "
+                           f"{', '.join(ENV_BUILD_MODES)}", name, "env_build")
 
 
 def _check_staging(name: str, kw: dict[str, Any]) -> None:
@@ -226,6 +235,8 @@ def builtin_local() -> Profile:
 #: ``environment``: check versions before each job (default), build a matching environment on
 #: the cluster before the first job and use it (sync), or neither (off)
 ENVIRONMENT_MODES = ("check", "sync", "off")
+#: ``env_build``: where env sync builds: a process on the login host, or a scheduler job
+ENV_BUILD_MODES = ("login", "job")
 #: what the top level of the profiles file may hold
 TOP_LEVEL = ("default", "profiles")
 #: fields that only mean something for a remote host

@@ -18,7 +18,7 @@ import dill
 import numpy
 import pytest
 
-from clusterjupyter import api, envprobe, envsync
+from clusterjupyter import api, envconda, envprobe, envreqs, envsync
 from clusterjupyter.envguard import Row, cell_imports, compare, pickle_modules, table
 from clusterjupyter.envprobe import InterpreterInfo
 from clusterjupyter.serialize import dumps
@@ -98,6 +98,98 @@ def test_rows_align():
     assert head.index("kernel") == row.index("2.4.6")
 
 
+def test_direct_url_decides_how_a_distribution_travels():
+    ref = envreqs.direct_reference
+    assert ref("a", None) == ("index", None)
+    assert ref("a", {"url": "file:///src/a%20b", "dir_info": {"editable": True}}) == \
+        ("local", ("/src/a b", True))
+    assert ref("a", {"url": "file:///src/a", "dir_info": {}}) == ("local", ("/src/a", False))
+    assert ref("a", {"url": "file:///w/a-1.0-py3-none-any.whl", "archive_info": {}}) == \
+        ("local", ("/w/a-1.0-py3-none-any.whl", False))
+    assert ref("a", {"url": "https://h/r.git", "vcs_info": {"vcs": "git", "commit_id": "c0ffee"},
+                     "subdirectory": "py"}) == ("url", "a @ git+https://h/r.git@c0ffee"
+                                                "#subdirectory=py")
+    assert ref("a", {"url": "https://h/a-1.0.tar.gz", "archive_info": {}}) == \
+        ("url", "a @ https://h/a-1.0.tar.gz")
+
+
+def test_source_hash_follows_the_source_not_its_build_products(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("X = 1\n")
+    first = envreqs.source_digest(str(tmp_path))
+    for junk in ("build", "__pycache__", "pkg.egg-info", ".git"):
+        (tmp_path / junk).mkdir()
+        (tmp_path / junk / "f").write_text("noise")
+    assert envreqs.source_digest(str(tmp_path)) == first
+    (tmp_path / "pkg" / "__init__.py").write_text("X = 2\n")
+    assert envreqs.source_digest(str(tmp_path)) != first
+    local = envreqs.LocalDist("p", "1.0", str(tmp_path), True, first)
+    a = envreqs.Requirements("3.11", ["dill==0.4.1"], [local])
+    b = envreqs.Requirements("3.11", ["dill==0.4.1"], [envreqs.LocalDist("p", "1.0",
+                                                                         str(tmp_path), True,
+                                                                         "0" * 64)])
+    assert a.digest != b.digest != envreqs.Requirements("3.11", ["dill==0.4.1"]).digest
+    assert a.text({"p": "/e/wheels/p-1.0-py3-none-any.whl"}).splitlines() == \
+        ["dill==0.4.1", "p @ file:///e/wheels/p-1.0-py3-none-any.whl"]
+
+
+def test_conda_packages_map_to_pip_requirements_or_are_named():
+    assert envconda.pip_requirement("NumPy", "1.26.4") == ("numpy==1.26.4", "")
+    assert envconda.pip_requirement("torch", "2.1.0+cu118")[0] is None
+    assert "not a pip version" in envconda.pip_requirement("x", "1.2.3_p1")[1]
+    assert envconda.pip_requirement("conda", "24.1.2") == (None, "conda's own tooling")
+    torch = {"name": "pytorch", "version": "2.1.0",
+             "files": ["lib/python3.11/site-packages/torch/__init__.py",
+                       "lib/python3.11/site-packages/torch-2.1.0.dist-info/METADATA"]}
+    assert envconda.record_requirement(torch) == ("torch==2.1.0", "")
+    egg = {"name": "py-x", "files": ["lib/python3.11/site-packages/x_y-0.3-py3.11.egg-info"]}
+    assert envconda.record_requirement(egg) == ("x-y==0.3", "")
+    ssl = {"name": "openssl", "version": "3.2.1", "files": ["lib/libssl.so.3"]}
+    line, why = envconda.record_requirement(ssl)
+    assert line is None and "library" in why
+    assert envconda.without_python([torch, ssl, {"name": "python", "files": []}]) == \
+        [("openssl 3.2.1", why)]
+
+
+def _dist_info(site: Path, name: str, version: str, installer: str) -> None:
+    d = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    d.mkdir(parents=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (d / "INSTALLER").write_text(f"{installer}\n")
+
+
+def test_a_conda_environment_s_packages_become_requirements_or_are_named(tmp_path,
+                                                                          monkeypatch):
+    """A conda environment's layout on disk (conda-meta records, dist-info written by conda),
+    read through importlib.metadata."""
+    import json
+
+    prefix = tmp_path / "conda"
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    _dist_info(site, "cj-conda-a", "1.2.3", "conda")
+    _dist_info(site, "cj-conda-b", "2.0+cuda118", "conda")
+    meta = prefix / "conda-meta"
+    meta.mkdir()
+    records = {"py-cj-conda-a": ["lib/python3.11/site-packages/cj_conda_a-1.2.3.dist-info/"
+                                 "METADATA"],
+               "libcjfoo": ["lib/libcjfoo.so.1"]}
+    for name, files in records.items():
+        (meta / f"{name}-1.0-0.json").write_text(json.dumps({"name": name, "version": "1.0",
+                                                            "files": files}))
+    monkeypatch.syspath_prepend(str(site))
+    reqs = envreqs.kernel_requirements(["py-cj-conda-a", "cj-conda-b", "libcjfoo"],
+                                       prefix=str(prefix))
+    assert "cj-conda-a==1.2.3" in reqs.lines
+    assert not any(x.startswith(("cj-conda-b", "libcjfoo")) for x in reqs.lines)
+    unmapped = dict(reqs.unmapped)
+    assert "local build" in unmapped["cj-conda-b 2.0+cuda118"]
+    assert "library" in unmapped["libcjfoo 1.0"]
+    plan = "\n".join(reqs.plan())
+    assert "not installable with pip (2)" in plan and "libcjfoo" in plan
+    whole = envreqs.kernel_requirements(whole=True, prefix=str(prefix))
+    assert "cj-conda-a==1.2.3" in whole.lines and "libcjfoo 1.0" in dict(whole.unmapped)
+
+
 # -- real services ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -127,6 +219,13 @@ def env(tmp_path_factory, clusters, venvs):
                                  environment="off"),
         "syncold": ssh_profile(ssh, base / "sync", python=venvs["old"]),
         "offline": ssh_profile(ssh, base / "offline", python=venvs["old"], env_offline=True),
+        "synclocal": ssh_profile(ssh, base / "local", python=venvs["nonumpy"]),
+        "slurmjob": {"scheduler": "slurm", "python": venvs["old"], "workdir": str(base / "sj"),
+                     "env_build": "job", "resources": {**res, "mem": "1G"}},
+        # the prelude fails on the compute node only (a module missing there)
+        "slurmjobfail": {"scheduler": "slurm", "python": venvs["old"], "env_build": "job",
+                         "workdir": str(base / "sjf"), "resources": res,
+                         "prelude": ['[ -z "${SLURM_JOB_ID:-}" ] || exit 3']},
         # same work root: finds the environment "syncold" built, by its requirements' hash
         "autosync": ssh_profile(ssh, base / "sync", python=venvs["nonumpy"],
                                 environment="sync"),
@@ -364,3 +463,144 @@ def test_ship_runner_off_without_the_package_says_what_to_set(sh, env, venvs, mo
 def test_env_command_names_its_actions(sh):
     res = run(sh, "%cluster env build old")
     assert res.error_in_exec is not None and "sync|list|prune|off" in str(res.error_in_exec)
+
+
+# -- local and editable packages ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def localpkg(tmp_path_factory, sh):
+    """A small project installed editable (pip install -e) into a prefix on the kernel's path:
+    a distribution whose direct_url.json says editable, found by importlib.metadata."""
+    import site
+
+    from clusterjupyter import envguard
+
+    base = tmp_path_factory.mktemp("localpkg")
+    src = base / "src"
+    (src / "src" / "cjlocalpkg").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"'
+        '\n[project]\nname = "cj-localpkg"\nversion = "0.1.0"\ndependencies = ["tomli-w"]\n')
+    (src / "src" / "cjlocalpkg" / "__init__.py").write_text("import tomli_w\nVALUE = 1\n")
+    prefix = base / "prefix"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "--no-deps", "--prefix", str(prefix), "-e", str(src)], check=True)
+    sitedir = str(next(prefix.glob("lib/python*/site-packages")))
+    before = list(sys.path)
+    site.addsitedir(sitedir)
+    envguard.forget_kernel_versions()
+    yield src
+    sys.path[:] = before
+    sys.modules.pop("cjlocalpkg", None)
+    envguard.forget_kernel_versions()
+
+
+def test_the_editable_package_is_installed_editable_here(localpkg):
+    from importlib import metadata
+
+    doc = metadata.distribution("cj-localpkg").read_text("direct_url.json")
+    assert '"editable": true' in doc and str(localpkg) in doc
+
+
+#: run on the cluster: the package's version and installed file as the job's environment has them
+INSTALLED = ("from importlib import metadata\ntry:\n    dist = metadata.distribution('cj-localpkg')"
+             "\n    init = next(f for f in dist.files if f.name == '__init__.py')\n"
+             "    installed = (str(dist.locate_file(init)), init.read_text())\n"
+             "except metadata.PackageNotFoundError:\n    installed = None\n")
+
+
+@pytest.mark.ssh
+def test_sync_ships_an_editable_package_as_a_wheel_built_here(sh, env, localpkg):
+    # its source travels with the job (a local module), but not its dependency nor its install
+    ok(sh, "import cjlocalpkg")
+    res = run(sh, "%%cluster synclocal\nimport os, cjlocalpkg\npid = os.getpid()\n"
+                  + INSTALLED)
+    assert "No module named 'tomli_w'" in str(res.error_in_exec)
+    out = env_line(sh, "sync synclocal")         # the modules this kernel's cells used
+    entry = envsync.active(profile_of("synclocal"))
+    assert "local wheel built here: cj-localpkg 0.1.0 (editable" in out
+    assert "building a wheel of cj-localpkg" in out and "wheels: 1 (1 sent, 0" in out
+    assert any(r.startswith("cj-localpkg==0.1.0 (local ") for r in entry["requirements"])
+    wheel = next(Path(entry["dir"], "wheels").iterdir())
+    assert wheel.is_symlink() and wheel.resolve().parent.name == "blobs"
+    ok(sh, "%%cluster synclocal\nimport os, sys, cjlocalpkg\npid = os.getpid()\n"
+           "exe5 = sys.executable\nv = cjlocalpkg.VALUE\n" + INSTALLED)
+    assert sh.user_ns["v"] == 1 and sh.user_ns["exe5"] == entry["python"]
+    assert sh.user_ns["pid"] != os.getpid()
+    # installed from the wheel into the environment there
+    path, text = sh.user_ns["installed"]
+    assert path.startswith(entry["dir"]) and text.endswith("VALUE = 1\n")
+    listed = env_line(sh, "list synclocal")
+    assert "cj-localpkg (local wheel cj_localpkg-0.1.0-" in listed and "log: " in listed
+
+
+@pytest.mark.ssh
+def test_an_unchanged_local_wheel_is_not_built_nor_sent_again(sh, env, localpkg):
+    first = envsync.active(profile_of("synclocal"))
+    out = env_line(sh, "sync synclocal --packages cj-localpkg,tomli-w")
+    second = envsync.active(profile_of("synclocal"))
+    assert second["digest"] != first["digest"]
+    assert "building a wheel" not in out and "wheels: 1 (0 sent, 1 already there)" in out
+    # the source changed: another wheel, another environment
+    (localpkg / "src" / "cjlocalpkg" / "__init__.py").write_text("import tomli_w\nVALUE = 2\n")
+    out = env_line(sh, "sync synclocal --packages cj-localpkg,tomli-w")
+    third = envsync.active(profile_of("synclocal"))
+    assert third["digest"] not in (first["digest"], second["digest"])
+    assert "building a wheel of cj-localpkg" in out and "wheels: 1 (1 sent, 0" in out
+    ok(sh, "%%cluster synclocal\nimport cjlocalpkg\n" + INSTALLED)
+    path, text = sh.user_ns["installed"]
+    assert path.startswith(third["dir"]) and text.endswith("VALUE = 2\n")
+
+
+# -- building as a job on SLURM -----------------------------------------------------------------
+
+@pytest.mark.slurm
+def test_sync_builds_as_a_slurm_job_and_the_refused_cell_then_runs(sh, env):
+    text = refused(sh, "slurmjob")
+    assert "numpy" in text and "1.26.4" in text and "%cluster env sync slurmjob" in text
+    out = env_line(sh, "sync slurmjob --packages numpy")
+    entry = envsync.active(profile_of("slurmjob"))
+    build_job = Path(entry["dir"], "job.id").read_text().strip()
+    assert f"the build runs as slurm job {build_job}" in out
+    assert f"build job {build_job}: " in out            # its queue state, followed
+    log = Path(entry["dir"], "build.log").read_text()
+    assert f", job {build_job}, " in log and "clusterjupyter: built" in log
+    assert "clusterjupyter: plan: " in log
+    value = ok(sh, "%%cluster slurmjob\nimport os, sys, numpy\njid = os.environ['SLURM_JOB_ID']"
+                   "\nexe6 = sys.executable\nnv6 = numpy.__version__\nint((a * 2).sum())")
+    assert value == 30 and sh.user_ns["exe6"] == entry["python"]
+    assert sh.user_ns["nv6"] == numpy.__version__ and sh.user_ns["jid"] != build_job
+
+
+@pytest.mark.slurm
+def test_a_second_slurm_job_reuses_the_environment_built_as_a_job(sh, env):
+    entry = envsync.active(profile_of("slurmjob"))
+    log = Path(entry["dir"], "build.log")
+    stamp = log.stat().st_mtime
+    first = sh.user_ns["jid"]
+    ok(sh, "%%cluster slurmjob\nimport os, sys\njid2 = os.environ['SLURM_JOB_ID']\n"
+           "exe7 = sys.executable")
+    assert sh.user_ns["exe7"] == entry["python"] and sh.user_ns["jid2"] != first
+    out = env_line(sh, "sync slurmjob --packages numpy")
+    assert "already there" in out and "slurm job" not in out and log.stat().st_mtime == stamp
+    listed = env_line(sh, "list slurmjob")
+    build_job = Path(entry["dir"], "job.id").read_text().strip()
+    assert f"* {entry['digest']}" in listed and f"built as job {build_job}; log: {log}" in listed
+    assert "clusterjupyter: built" in listed
+    from clusterjupyter.widgets.health import check_profile
+
+    step = next(s for s in check_profile("slurmjob")["steps"] if s["name"] == "environment")
+    assert f"built as job {build_job}" in step["detail"] and str(log) in step["detail"]
+
+
+@pytest.mark.slurm
+def test_a_build_job_that_dies_fails_the_sync_with_its_log(sh, env):
+    res = run(sh, "%cluster env sync slurmjobfail --packages dill")
+    text = str(res.error_in_exec)
+    d = next(Path(env.profiles["slurmjobfail"]["workdir"], "envs").iterdir())
+    build_job = (d / "job.id").read_text().strip()
+    assert f"the build job {build_job} ended failed" in text and "scheduler.log" in text
+    assert f", job {build_job}, " in text                        # the log's tail
+    assert (d / ".failed").exists()
+    listed = env_line(sh, "list slurmjobfail")
+    assert " failed " in listed and "built as job" in listed

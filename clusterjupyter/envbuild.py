@@ -1,0 +1,168 @@
+"""Building a synced environment on the cluster, on the login host or as a job, followed.
+
+The build is one POSIX shell script (:data:`BUILD`) run in the environment's directory after the
+profile's prelude and environment variables. It writes everything to ``build.log`` there (kept:
+``%cluster env list`` and the health check show it), ``.complete`` last, ``.failed`` when a
+step fails. The profile's ``env_build`` says where it runs:
+
+* ``"login"`` (default): a detached process on the login host (it survives the kernel);
+* ``"job"``: a job of the profile's scheduler with the profile's default resources (for
+  clusters whose login hosts forbid heavy work, or whose compute nodes differ). Its id is kept
+  in ``job.id``; the scheduler's own output goes to ``jobs/build/scheduler.log``.
+
+:func:`follow` shows the log's new lines with the time elapsed while it builds, a line when
+nothing was written for a while, and for a job its queue state; a job that ends without
+``.complete`` fails with the log's tail and the scheduler's reason.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+import time
+from typing import Any, Callable
+
+from . import envprobe
+from .errors import ClusterError
+from .jobdir import JobPaths
+from .schedulers import JobSpec
+
+MARKER = ".complete"
+FAILED = ".failed"
+LOG = "build.log"
+JOB_ID = "job.id"
+#: where a build may run (profile option ``env_build``)
+BUILD_MODES = ("login", "job")
+#: seconds without a new log line before a "still building" line
+QUIET = 30.0
+#: $1 = environment directory, $2 = base interpreter, $3 = Python minor, $4 = online|offline
+BUILD = r"""
+set -e
+dir=$1; base=$2; minor=$3; offline=$4
+cd "$dir"
+trap '[ -e .complete ] || touch .failed' EXIT
+[ ! -f plan.txt ] || sed 's/^/clusterjupyter: plan: /' plan.txt
+py=$base
+if ! "$base" -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != sys.argv[1])' "$minor" \
+    && command -v "python$minor" >/dev/null 2>&1; then py=$(command -v "python$minor"); fi
+set --
+[ "$offline" != offline ] || set -- --no-index --find-links wheels
+if command -v uv >/dev/null 2>&1; then
+  echo "clusterjupyter: uv venv --python $py"
+  uv venv --python "$py" venv
+  uv pip install --python venv/bin/python "$@" -r requirements.txt
+else
+  echo "clusterjupyter: $py -m venv, pip install $*"
+  "$py" -m venv venv
+  venv/bin/python -m pip install --disable-pip-version-check --no-input "$@" -r requirements.txt
+fi
+venv/bin/python -c "import sys; print('clusterjupyter: built', sys.version.split()[0])"
+touch .complete
+"""
+_WHERE = 'echo "clusterjupyter: build on $(hostname)' + '{what}, $(date -u +%FT%TZ)"'
+_LOGIN = _WHERE.format(what=", process $$")
+_JOB = _WHERE.format(what=", job ${SLURM_JOB_ID:-${JOB_ID:-${PBS_JOBID:-?}}}")
+
+
+def mode(profile: Any) -> str:
+    return getattr(profile, "env_build", "") or "login"
+
+
+def start(backend: Any, transport: Any, d: str, base: str, minor: str, offline: bool,
+          say: Callable[[str], None]) -> str | None:
+    """Start the build of the environment directory ``d`` (its ``requirements.txt`` written);
+    return the job's native id when it runs as a job."""
+    profile = backend.profile
+    args = [d, base, minor, "offline" if offline else "online"]
+    setup = envprobe.launch_lines(profile)[:-1]
+    log = posixpath.join(d, LOG)
+    if mode(profile) == "login":
+        transport.spawn(["sh", "-c", "\n".join([_LOGIN, *setup, BUILD]), "sh", *args], log)
+        return None
+    sched = backend.scheduler
+    paths = JobPaths(d, "build")
+    spec = JobSpec(job_id="build", name=f"env-{posixpath.basename(d)}", paths=paths,
+                   resources=profile.default_resources, python=base, secret_path="")
+    directives = [f"{sched.directive_prefix} {x}".rstrip() for x in sched.directives(spec)] \
+        if sched.directive_prefix else []
+    script = "\n".join(["#!/bin/sh", *directives, f"exec >>{shlex.quote(log)} 2>&1", _JOB,
+                        *setup, f"set -- {shlex.join(args)}", BUILD])
+    transport.makedirs(paths.dir)
+    transport.write(paths.script, script.encode(), 0o700)
+    native = sched.submit(spec)
+    transport.write(posixpath.join(d, JOB_ID), native.encode())
+    say(f"the build runs as {sched.name} job {native}")
+    return native
+
+
+def job_of(transport: Any, d: str) -> str | None:
+    """The native id of the job building ``d``, if it was built as a job."""
+    try:
+        return transport.read(posixpath.join(d, JOB_ID)).decode().strip() or None
+    except OSError:
+        return None
+
+
+def follow(backend: Any, transport: Any, d: str, say: Callable[[str], None],
+           timeout: float = 3600, poll: float = 1.0, native: str | None = None) -> None:
+    """Show the build's progress until ``.complete`` (return) or a failure (ClusterError with
+    the log's tail). ``native``: the job building it."""
+    log, marker, failed = (posixpath.join(d, n) for n in (LOG, MARKER, FAILED))
+    t0 = time.monotonic()
+    offset, said, seen = 0, t0, ""
+    next_query = t0
+    while True:
+        done = transport.existing([marker, failed])
+        try:
+            chunk = transport.read_from(log, offset)
+        except OSError:
+            chunk = b""
+        offset += len(chunk)
+        now = time.monotonic()
+        for line in chunk.decode(errors="replace").splitlines():
+            if line.strip():
+                say(f"  [{now - t0:5.0f} s] {line.rstrip()[:200]}")
+                said = now
+        if marker in done:
+            return
+        if failed in done:
+            raise ClusterError(f"the environment build failed on {transport.where}; its log "
+                               f"({log}) ends with:\n{transport.tail(log, 30)}")
+        if native and now >= next_query:
+            next_query = now + max(poll, 3.0)
+            seen = _job_progress(backend, transport, d, native, seen, say)
+        if now - said >= QUIET:
+            say(f"  [{now - t0:5.0f} s] still building" + (f" (job {native}: {seen})"
+                                                          if native and seen else ""))
+            said = now
+        if now - t0 > timeout:
+            raise ClusterError(f"the environment build did not finish in {timeout:.0f} s; it "
+                               f"goes on there (log: {log})")
+        time.sleep(poll)
+
+
+def _job_progress(backend: Any, transport: Any, d: str, native: str, seen: str,
+                  say: Callable[[str], None]) -> str:
+    """Say the build job's state when it changes; raise when it ended without the marker."""
+    st = backend.scheduler.status([native], ["build"]).get(native)
+    gone = st is None and bool(seen) and not seen.startswith("not listed")
+    if not gone and (st is None or not st.state.final):
+        word = st.state.value if st else "not listed"
+        text = word + (f", {st.reason}" if st and st.reason else "") \
+            + (f", on {st.host}" if st and st.host else "")
+        if word != seen.split(",")[0]:
+            say(f"  build job {native}: {text}")
+        return text
+    # the job ended: the marker is written before its script exits (wait once for a slow
+    # shared file system)
+    time.sleep(2.0)
+    if posixpath.join(d, MARKER) in transport.existing([posixpath.join(d, MARKER)]):
+        return "ended"
+    log = posixpath.join(d, LOG)
+    transport.write(posixpath.join(d, FAILED), b"")      # a later sync builds it again
+    ended = f"ended {st.state.value}" + (f" ({st.reason})" if st.reason else "") if st \
+        else "is no longer known to the scheduler"
+    raise ClusterError(f"the build job {native} {ended} without "
+                       f"finishing the environment on {transport.where}; its log ({log}) ends "
+                       f"with:\n{transport.tail(log, 30)}\n(the scheduler's own output: "
+                       f"{JobPaths(d, 'build').scheduler_log})")
