@@ -50,7 +50,7 @@ class MetricsTab:
         self.table = W.HTML()
         self.message = W.HTML()
         self.widget = W.VBox([W.HBox([self.refresh_button, self.message]), self.table],
-                             layout=W.Layout(overflow_x="auto"))
+                             layout=W.Layout(overflow="auto"))
 
     def refresh(self) -> None:
         self.loaded = True
