@@ -92,11 +92,18 @@ def _restore(saved: dict) -> None:
 
 
 @pytest.fixture
-def shell(cj_home):
+def kernel_settings():
+    """The process-wide settings a cell (or a job's cell, brought back) changes are put back
+    after the test: for every test that runs cells, whichever fixture made its shell."""
     saved = _settings()
+    yield
+    _restore(saved)
+
+
+@pytest.fixture
+def shell(cj_home, kernel_settings):
     sh = new_shell()
     yield sh
     from IPython.core.interactiveshell import InteractiveShell
 
     InteractiveShell.clear_instance()
-    _restore(saved)

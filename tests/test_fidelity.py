@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import warnings
 
 import pytest
@@ -192,9 +193,13 @@ def outputs(cap) -> tuple[str, list]:
 def inline(shell) -> None:
     """``%matplotlib inline`` on this shell as in a new kernel: an IPython kernel's
     ``enable_gui`` has no event loop to start for it (a plain InteractiveShell's raises), and
-    the inline backend sets up its figure formats once per process (this shell is new)."""
+    the inline backend (its figure formats) and pyplot (its post-execute draw) connect to one
+    shell per process, once: this shell is a new one."""
     backend_inline = pytest.importorskip("matplotlib_inline.backend_inline")
     backend_inline.configure_inline_support.current_backend = "unset"
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt._REPL_DISPLAYHOOK = plt._ReplDisplayHook.NONE
     shell.enable_gui = lambda gui=None: None
     ok(shell, "%matplotlib inline")
 

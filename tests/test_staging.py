@@ -209,7 +209,7 @@ def ssh_env(tmp_path_factory):
 
 
 @pytest.fixture
-def sh(ssh_env):
+def sh(ssh_env, kernel_settings):
     return new_module_shell()
 
 
