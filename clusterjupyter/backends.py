@@ -31,8 +31,9 @@ from .states import JobState
 from .transports import LocalTransport, Transport
 
 #: modules the runner needs on the cluster (shipped when the profile says ship_runner)
-RUNTIME_MODULES = ("__init__.py", "runner.py", "serialize.py", "jobdir.py", "_display.py",
-                   "_mpl_backend.py", "_figures.py", "_workdir.py", "context.py", "bundle.py")
+RUNTIME_MODULES = ("__init__.py", "runner.py", "_inputs.py", "_jobshell.py", "_outputs.py",
+                   "_exitfile.py", "serialize.py", "jobdir.py", "_display.py", "_mpl_backend.py",
+                   "_figures.py", "_workdir.py", "context.py", "bundle.py")
 PROGRESS_THRESHOLD = 64 << 20
 
 

@@ -1,12 +1,12 @@
 """``%%cluster`` and ``%cluster …``: thin IPython magics over the library.
 
-Parsing, messages and pushing values into the namespace live here; everything else (capture,
-payload, backends, journal) is library code shared with the panel and the server.
+The cell magic lives here: parse the options, build the submission, submit, wait and push the
+result into the namespace. The line magic's subcommands are in :mod:`.linemagic`. Everything
+else (capture, payload, backends, journal) is library code shared with the panel and the server.
 """
 
 from __future__ import annotations
 
-import difflib
 import keyword
 import os
 import sys
@@ -18,18 +18,15 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Unicode
 
-from . import api
+from . import context, kernelcell, linemagic
 from .backends import Submission, backend_for
 from .capture import analyze, gather
 from .errors import ClusterError, ProfileError
-from .jobs import (Job, PushBack, Waiter, failure, interrupted, publish_display, push,
-                   queue, register_source)
-from .failure import empty_log, format_error
-from .journal import JobRecord, format_seconds
-from . import context, kernelcell
-from .options import count_option
+from .jobs import Job, PushBack, Waiter, failure, interrupted, publish_display, push, \
+    register_source
+from .journal import JobRecord
+from .options import unknown_options, unquoted
 from .payload import pack_inputs
-from .profiles import get_profile, load_profiles
 from .resources import Resources
 from .states import JobState
 
@@ -39,40 +36,11 @@ if TYPE_CHECKING:
 StatusFactory = Callable[[Any, JobRecord], Any]
 RESOURCE_OPTIONS = ("time", "cpus", "mem", "gpus", "nodes", "partition", "account", "qos",
                     "constraint")
-SUBCOMMANDS = {
-    "jobs": "list jobs from the journal (all kernels)",
-    "status": "show one job",
-    "logs": "show a job's stdout, stderr or scheduler log",
-    "cancel": "cancel a job",
-    "result": "push a finished job's outputs into this kernel",
-    "files": "bring back the files a job left on the cluster (over the return limit)",
-    "profiles": "list cluster profiles",
-    "default": "choose the profile %%cluster uses without a name",
-    "script": "show the job script %%cluster would submit",
-    "queue": "show the scheduler's queue of a profile",
-    "panel": "open the job monitor panel",
-    "metrics": "jobs by state, retries, reconnects, commands, timings per profile",
-    "sweep": "show a sweep's elements and their states",
-    "env": "env sync|list|prune|off PROFILE [--packages a,b] [--all]: a matching environment",
-}
-
-
-def _unquoted(args: Any) -> Any:
-    """IPython splits magic lines keeping quotes (``--name 'my job'`` gives ``"'my job'"``):
-    take off one pair of matching quotes around each option value."""
-    def strip(v: Any) -> Any:
-        if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
-            return v[1:-1]
-        return [strip(x) for x in v] if isinstance(v, list) else v
-    for key, value in vars(args).items():
-        setattr(args, key, strip(value))
-    return args
-
-
-def _options_help() -> str:
-    return ", ".join(f"--{o}" for o in (*RESOURCE_OPTIONS, "directive", "name", "job", "async",
-                                        "dry-run", "skip", "stage", "stage-limit", "sweep",
-                                        "zip", "max-elements", "max-running"))
+#: every option of %%cluster, for the error that names the valid ones
+CELL_OPTIONS = [f"--{o}" for o in (*RESOURCE_OPTIONS, "directive", "name", "job", "async",
+                                   "dry-run", "skip", "stage", "stage-limit", "sweep", "zip",
+                                   "max-elements", "max-running")]
+SUBCOMMANDS = linemagic.SUBCOMMANDS
 
 
 @magics_class
@@ -135,12 +103,12 @@ class ClusterMagics(Magics):
     def cluster(self, line: str, cell: str | None = None) -> Any:
         """Run the cell on a cluster: ``%%cluster [PROFILE] [--time …] [--async] …``.
 
-        Line form: ``%cluster jobs|status|logs|cancel|result|profiles|default|script|queue|panel``.
+        Line form: ``%cluster SUBCOMMAND …`` (:mod:`.linemagic`: jobs, status, logs, cancel, …).
         """
         __tracebackhide__ = True
         if cell is None:
-            return self._line(line)
-        args = self._parse(self.cluster, line)
+            return linemagic.run(self, line)
+        args = self.cell_options(line)
         if args.job is not None and not (args.job.isidentifier()
                                          and not keyword.iskeyword(args.job)):
             raise UsageError(f"--job needs a Python name to bind the Job to, not {args.job!r}")
@@ -150,29 +118,21 @@ class ClusterMagics(Magics):
             return kernelcell.run_in_kernel(self.shell, here)
         return self._run_cell(args, cell)
 
-    def _parse(self, func: Any, line: str) -> Any:
+    def cell_options(self, line: str) -> Any:
+        """The options of ``%%cluster LINE``, or a UsageError naming the valid ones."""
         try:
-            return _unquoted(parse_argstring(func, line))
+            return unquoted(parse_argstring(self.cluster, line))
         except ValueError as e:  # shlex: an unclosed quote
             raise UsageError(f"cannot read the options ({e}): {line.strip()}") from None
         except UsageError as e:
-            msg = str(e)
-            bad = [w for w in line.split() if w.startswith("-")]
-            valid = _options_help()
-            hints = []
-            for word in bad:
-                opt = word.split("=")[0]
-                if opt.lstrip("-").replace("-", "_") not in [v.lstrip("-").replace("-", "_")
-                                                             for v in valid.split(", ")]:
-                    close = difflib.get_close_matches(opt, valid.split(", "), n=1)
-                    hints.append(f"unknown option {opt}"
-                                 + (f" (did you mean {close[0]}?)" if close else ""))
-            raise UsageError("; ".join(hints or [msg]) + f"\nvalid options: {valid}") from None
+            raise UsageError(unknown_options(line, CELL_OPTIONS, str(e))) from None
 
-    def _profile_name(self, name: str | None) -> str | None:
+    def profile_name(self, name: str | None) -> str | None:
+        """The profile a cell or subcommand names, else this kernel's default (None: the
+        profiles file's default)."""
         return name or self.default_profile or None
 
-    def _current_profile(self) -> str:
+    def current_profile(self) -> str:
         from .profiles import default_profile_name
 
         return self.default_profile or default_profile_name()
@@ -208,7 +168,7 @@ class ClusterMagics(Magics):
     def _run_cell(self, args: Any, cell: str) -> Any:
         __tracebackhide__ = True
         try:
-            backend = backend_for(self._profile_name(args.profile))
+            backend = backend_for(self.profile_name(args.profile))
         except ProfileError as e:
             raise UsageError(str(e)) from None
         if args.sweep:
@@ -282,237 +242,6 @@ class ClusterMagics(Magics):
             publish_display(result.value_bundle, {})
             return None
         return result.value if result.has_value else None
-
-    # -- %cluster … -------------------------------------------------------------------------
-    def _line(self, line: str) -> Any:
-        __tracebackhide__ = True
-        words = line.strip().split(None, 1)
-        if not words:
-            raise UsageError(self._line_usage())
-        sub, rest = words[0], (words[1] if len(words) > 1 else "")
-        if sub not in SUBCOMMANDS:
-            close = difflib.get_close_matches(sub, list(SUBCOMMANDS), n=1)
-            raise UsageError(f"unknown subcommand {sub!r}"
-                             + (f" (did you mean {close[0]!r}?)" if close else "")
-                             + "\n" + self._line_usage())
-        try:
-            return getattr(self, f"_cmd_{sub}")(rest)
-        except KeyError as e:
-            raise UsageError(str(e).strip("'\"")) from None
-        except ProfileError as e:
-            raise UsageError(str(e)) from None
-
-    def _line_usage(self) -> str:
-        lines = [f"  %cluster {k:<9} {v}" for k, v in SUBCOMMANDS.items()]
-        return "usage:\n" + "\n".join(lines) + "\n  %%cluster [PROFILE] [options]  run a cell"
-
-    def _one_arg(self, rest: str, what: str) -> str:
-        parts = rest.split()
-        if len(parts) != 1:
-            raise UsageError(f"expected one {what}, got {rest!r}")
-        return parts[0]
-
-    def _cmd_jobs(self, rest: str) -> None:
-        states: tuple[str, ...] | None = None
-        profile = None
-        limit = 50
-        it = iter(rest.split())
-        for word in it:
-            if word == "--active":
-                states = ("pending", "running")
-            elif word == "--state":
-                states = tuple(next(it, "").split(","))
-            elif word == "--profile":
-                profile = next(it, None)
-            elif word == "--limit":
-                limit = count_option("--limit", next(it, ""))
-            else:
-                raise UsageError(f"unknown option {word!r} for %cluster jobs; valid: --active, "
-                                 "--state STATE[,STATE], --profile NAME, --limit N")
-        from .sweeplist import job_rows
-
-        try:
-            states = tuple(JobState.parse(s).value for s in states) if states else None
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        # a sweep is one row, with its element counts
-        recs = job_rows(api.journal(), states, profile, limit, self._refresh)
-        if not recs:
-            print("no jobs in the journal" + (f" for profile {profile}" if profile else ""))
-            return None
-        print(f"{'ID':<9} {'NAME':<18} {'PROFILE':<10} {'NATIVE':<9} {'STATE':<13} "
-              f"{'ELAPSED':>8}  REASON")
-        for r in recs:
-            print(f"{r.id[:8]:<9} {r.name[:18]:<18} {r.profile[:10]:<10} "
-                  f"{r.native[:9]:<9} {r.state.value:<13} "
-                  f"{format_seconds(r.elapsed):>8}  {r.reason[:60]}")
-        return None
-
-    def _refresh(self, recs: list[JobRecord]) -> None:
-        def say(profile: str, e: Exception) -> None:
-            print(f"clusterjupyter: cannot refresh jobs of {profile}: {e}", file=sys.stderr)
-
-        api.refresh_jobs(recs, on_error=say)
-
-    def _cmd_status(self, rest: str) -> Job:
-        rec = api.get_job(self._one_arg(rest, "job id"))
-        self._refresh([rec])
-        return Job(api.get_job(rec.id))
-
-    def _cmd_logs(self, rest: str) -> None:
-        parts = rest.split()
-        stream, tail, ref = "stdout", None, None
-        it = iter(parts)
-        for word in it:
-            if word in ("--stream", "-s"):
-                stream = next(it, "")
-            elif word in ("--stderr", "--stdout", "--scheduler"):
-                stream = word[2:]
-            elif word in ("--tail", "-n"):
-                tail = count_option("--tail", next(it, ""))
-            elif word.startswith("-"):
-                raise UsageError(f"unknown option {word!r} for %cluster logs; valid: "
-                                 "--stream stdout|stderr|scheduler, --tail N")
-            else:
-                ref = word
-        if ref is None:
-            raise UsageError("usage: %cluster logs ID [--stream stderr] [--tail N]")
-        try:
-            text = api.job_logs(ref, stream, tail)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        rec = api.get_job(ref)
-        print(text or empty_log(stream, rec.state.final), end="" if text else "\n")
-        err = Job(rec).error
-        if err:
-            print(("\n" if text and not text.endswith("\n") else "") + "\n"
-                  + format_error(rec, err, logs=False))
-
-    def _cmd_cancel(self, rest: str) -> None:
-        rec = api.get_job(self._one_arg(rest, "job id"))
-        if rec.state.final:
-            print(f"job {rec.id[:8]} already ended: {rec.state.value}")
-            return
-        job = Job(rec)
-        state = job.cancel()
-        print(f"job {rec.id[:8]} on {rec.profile}: {state.value}")
-
-    def _cmd_sweep(self, rest: str) -> Any:
-        from .sweepcell import show_sweep
-
-        return show_sweep(self._one_arg(rest, "sweep id"))
-
-    def _cmd_result(self, rest: str) -> Any:
-        __tracebackhide__ = True
-        from .sweepcell import sweep_result
-        from .sweeps import find
-
-        if find(self._one_arg(rest, "job id")) is not None:
-            return sweep_result(self, self._one_arg(rest, "job id"))
-        rec = api.get_job(self._one_arg(rest, "job id"))
-        self._refresh([rec])
-        job = Job(api.get_job(rec.id))
-        register_source(rec.id, rec.cell)
-        state = job.wait()
-        return self._finish(job, state)
-
-    def _cmd_files(self, rest: str) -> None:
-        from .staging import fetch_left
-
-        job = Job(api.get_job(self._one_arg(rest, "job id")))
-        if not job.backend.has_result(job.record):
-            raise UsageError(f"job {job.id[:8]} has no result (yet): {job.record.state.value}")
-        b = job.backend
-        notice = fetch_left(b.transport, b.paths(job.record), b.key).notice(
-            job.id, b.transport.where, b.name)
-        print(notice or f"job {job.id[:8]} left no files on {b.transport.where}",
-              file=sys.stderr if notice else sys.stdout)
-
-    def _cmd_profiles(self, rest: str) -> None:
-        profiles = load_profiles()
-        current = self._current_profile()
-        for p in profiles.values():
-            mark = "*" if p.name == current else " "
-            where = f"{p.user + '@' if p.user else ''}{p.host}" if p.host else "this machine"
-            print(f"{mark} {p.name:<14} {p.scheduler:<10} {where}"
-                  + (f"  {p.description}" if p.description else ""))
-
-    def _cmd_default(self, rest: str) -> None:
-        parts = rest.split()
-        save = "--save" in parts
-        names = [p for p in parts if p != "--save"]
-        if not names:
-            print(self._current_profile())
-            return
-        name = names[0]
-        get_profile(name)
-        self.default_profile = name
-        if save:
-            from .profiles import set_default
-
-            set_default(name)
-        print(f"%%cluster now runs on {name!r}" + (" (saved)" if save else ""))
-
-    def _cmd_script(self, rest: str) -> None:
-        args = self._parse(self.cluster, rest)
-        args.dry_run = True
-        self._run_cell(args, "")
-
-    def _cmd_queue(self, rest: str) -> None:
-        name = rest.strip() or self._profile_name(None)
-        backend = backend_for(name)
-        try:
-            listed = queue(backend)
-        except ClusterError as e:
-            raise UsageError(str(e)) from None
-        if not listed:
-            print(f"the queue of {backend.name} is empty")
-            return
-        print(f"{'JOBID':<10} {'NAME':<20} {'USER':<10} {'STATE':<10} {'TIME':>10}  REASON")
-        for q, r in listed:
-            name = r.name if r else q.name
-            print(f"{q.native_id:<10} {name[:20]:<20} {q.user[:10]:<10} {q.state.value:<10} "
-                  f"{q.elapsed:>10}  {q.reason}")
-
-    def _cmd_metrics(self, rest: str) -> None:
-        from .metrics import collect, format_table
-
-        figures = collect(api.journal())
-        if rest.strip():
-            if rest.strip() not in figures:
-                raise UsageError(f"no metrics for profile {rest.strip()!r}; profiles with "
-                                 f"jobs: {', '.join(figures) or 'none'}")
-            figures = {rest.strip(): figures[rest.strip()]}
-        print(format_table(figures))
-
-    def _cmd_panel(self, rest: str) -> Any:
-        from .widgets import Panel
-
-        return Panel(self.shell)
-
-
-    def _cmd_env(self, rest: str) -> None:
-        from .envsync import ACTIONS, command
-
-        words = rest.split()
-        if not words or words[0] not in ACTIONS:
-            raise UsageError(f"usage: %cluster env {{{'|'.join(ACTIONS)}}} [PROFILE] "
-                             "[--packages a,b] [--all]")
-        packages = None
-        if "--packages" in words:
-            i = words.index("--packages")
-            packages = [p for p in ",".join(words[i + 1:i + 2]).split(",") if p]
-            del words[i:i + 2]
-        whole = "--all" in words
-        words = [w for w in words if w != "--all"]
-        if len(words) > 2 or any(w.startswith("-") for w in words):
-            raise UsageError(f"unexpected {' '.join(words[2:]) or words[-1]!r}; options: "
-                             "--packages a,b, --all")
-        backend = backend_for(self._profile_name(words[1] if len(words) > 1 else None))
-        try:
-            command(backend, words[0], packages, whole)
-        except ClusterError as e:
-            raise UsageError(str(e)) from None
 
 
 def _cell_id(shell: Any) -> str:

@@ -8,7 +8,6 @@ unpickling it.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import types
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from . import bundle, serialize
 from .capture import Captured
 from .errors import CaptureError, RemoteError, RemoteTraceback
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
-from .runner import EXCEPTION_KEY, FIGURES_KEY, RESULT_KEY
+from ._outputs import EXCEPTION_KEY, FIGURES_KEY, RESULT_KEY
 from .tracebacks import rebuild_traceback
 
 Opener = Callable[[str], Any]
@@ -171,15 +170,12 @@ def _read_verified(opener: Opener, path: str, entry: dict, what: str) -> tuple[b
     """A blob's pickle stream and buffers, checked against its signed sha256 and size
     (``what``: :func:`output_names`)."""
     altered = f"{what} {'were' if what.startswith('outputs ') else 'was'} altered"
-    digest = hashlib.sha256()
     with opener(path) as f:
         try:
-            data, buffers = serialize.read_blob(f, digest, entry.get("size"))
+            return serialize.read_verified(f, entry["sha256"], entry.get("size"))
         except pickle.UnpicklingError as e:
-            raise IntegrityError(f"{altered} ({e}); refusing to unpickle it") from None
-    if digest.hexdigest() != entry["sha256"]:
-        raise IntegrityError(f"{altered}; refusing to unpickle it")
-    return data, buffers
+            why = f" ({e})" if str(e) else ""
+            raise IntegrityError(f"{altered}{why}; refusing to unpickle it") from None
 
 
 def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  # noqa: C901

@@ -383,6 +383,18 @@ def read_blob(f: BinaryIO, digest: Any = None,
     return data, buffers
 
 
+def read_verified(f: BinaryIO, sha256: str,
+                  size: int | None) -> tuple[bytes, list[bytearray]]:
+    """:func:`read_blob`, checked against the blob's signed ``sha256`` and ``size``; a blob that
+    is not exactly the one signed raises ``pickle.UnpicklingError`` saying why (an empty message
+    when only its digest differs). Nothing is unpickled here."""
+    digest = hashlib.sha256()
+    data, buffers = read_blob(f, digest, size)
+    if digest.hexdigest() != sha256:
+        raise pickle.UnpicklingError("")
+    return data, buffers
+
+
 def _read_exactly(f: BinaryIO, n: int) -> bytes:
     """``n`` bytes from ``f``, taking memory piece by piece as they arrive."""
     if n <= _READ_PIECE:
