@@ -46,13 +46,29 @@ def _limit(rec: JobRecord, state: JobState) -> str:
 
 
 def _limit_words(limit: str, reason: str) -> str:
-    """What to add about ``limit`` to ``reason``: only the amount when the reason already
-    names that limit (``time limit reached`` → ``2 s``)."""
+    """What to add about ``limit`` to ``reason`` (pure): only the amount when the reason already
+    names that limit (``time limit reached`` → ``2 s``); nothing when it names another limit of
+    the same kind (a CPU time limit is not the wall-clock ``--time``)."""
     kind, _, amount = limit.partition(" limit")
     amount = amount.strip()
-    if f"{kind} limit" in reason.lower():
+    words = reason.lower()
+    if kind == "time" and "cpu time" in words:
+        return ""
+    if f"{kind} limit" in words:
         return amount
     return f"hit its {limit}"
+
+
+def _join(why: str, extra: list[str], cell_message: bool) -> str:
+    """``why`` with ``extra`` in one pair of parentheses (pure). A reason in the scheduler's or
+    runner's own words that ends in a parenthesis takes the extra words inside it (``reached
+    its time limit (--time, 2 min)``); the cell's own message is never opened up."""
+    extra = [e for e in extra if e]
+    if not extra:
+        return why
+    if not cell_message and why.endswith(")") and "(" in why and why.count("(") == why.count(")"):
+        return f"{why[:-1]}, {'; '.join(extra)})"
+    return f"{why} ({'; '.join(extra)})"
 
 
 def _clip(text: str) -> str:
@@ -162,12 +178,7 @@ def explain(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
     elif (rec.exit_code not in (None, 0) and not err.get("type") and not err.get("signal")
           and not quiet and not any(w in why for w in ("code", "signal"))):
         extra.append(f"exit code {rec.exit_code}")
-    extra = [e for e in extra if e]
-    if not extra:
-        return why
-    if why.endswith(")"):  # the reason's own parenthesis: ``… time limit (--time, 2 min)``
-        return f"{why[:-1]}, {'; '.join(extra)})"
-    return f"{why} ({'; '.join(extra)})"
+    return _join(why, extra, cell_message=bool(err.get("type")))
 
 
 def headline(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
@@ -193,15 +204,15 @@ def empty_log(stream: str, final: bool) -> str:
 
 
 def summary(rec: JobRecord) -> str:
-    """One line describing a job's state (used by the status line and ``%cluster status``)."""
+    """One line describing a job (the status line and ``%cluster status``): who, state, how long
+    and where, then why after a dash, so the reason keeps its own parentheses:
+    ``job 1a2b3c4d cell-3 [slurm #42] timeout 2m00s on node1 — reached its time limit
+    (--time, 2 min)``."""
     parts = [f"job {rec.id[:8]}", rec.name, f"[{rec.profile}"
              + (f" #{rec.native_id}]" if rec.native_id else "]"), rec.state.value]
-    if rec.state.final and not rec.state.ok:
-        parts.append(f"({explain(rec, rec.error or {})})")
-    elif rec.reason:
-        parts.append(f"({rec.reason})")
     if rec.started:
         parts.append(text.short_duration(rec.elapsed))
     if rec.host and rec.state.final:
         parts.append(f"on {rec.host}")
-    return " ".join(parts)
+    why = explain(rec, rec.error or {}) if rec.state.final and not rec.state.ok else rec.reason
+    return " ".join(parts) + (f" — {why}" if why else "")

@@ -271,7 +271,8 @@ def test_time_limit_and_memory_limit_on_the_local_backend(shell):
     rec = last_job()
     assert str(r.error_in_exec).endswith("ended timeout: time limit reached (2 s)")
     assert "SIG" not in str(r.error_in_exec)
-    assert "] timeout (time limit reached (2 s)) " in summary(rec)   # the status line
+    assert summary(rec).endswith(" — time limit reached (2 s)")       # the status line
+    assert "] timeout " in summary(rec) and "((" not in summary(rec)
     shown = pretty(ok(shell, f"%cluster status {rec.id[:8]}"))          # %cluster status
     assert "timeout: time limit reached (2 s)" in shown and "SIG" not in shown
     r = run(shell, "%%cluster --mem 300M\nblock = bytearray(1024 * 1024 * 1024)")

@@ -348,6 +348,40 @@ def test_a_time_limit_is_told_once_in_the_users_units():
         == "reached its time limit (--time, 1 h 30 min)"
     # a reason that does not name the limit says which one it was
     assert explain(rec("stopped", 120)) == "stopped (hit its time limit 2 min)"
+    # a CPU time limit (PBS cput) is not the wall-clock --time: no --time amount given to it
+    assert explain(rec("reached its CPU time limit (cput)", 120)) \
+        == "reached its CPU time limit (cput)"
+
+
+def test_a_failure_is_one_readable_line_without_nested_brackets():
+    from clusterjupyter.failure import _limit, explain, summary
+    from clusterjupyter.journal import JobRecord
+
+    def rec(state: JobState, reason: str, **err) -> JobRecord:
+        r = JobRecord("a1b2c3d4e5", "cell-1", "hpc", "slurm", state, 100.0, "", "",
+                      reason=reason, native_id="42", started=100.0, finished=220.0,
+                      host="node1", options={"time": 120}, exit_code=err.pop("exit_code", 1))
+        r.error = {"limit": _limit(r, state), **err}
+        return r
+
+    line = summary(rec(JobState.TIMEOUT, "time limit reached", signal="SIGXCPU"))
+    assert line == "job a1b2c3d4 cell-1 [hpc #42] timeout 2m00s on node1 — " \
+                   "time limit reached (2 min)"
+    line = summary(rec(JobState.TIMEOUT, "reached its time limit (--time)"))
+    assert line.endswith("— reached its time limit (--time, 2 min)")
+    for text in (line, summary(rec(JobState.TIMEOUT, "time limit reached"))):
+        assert "((" not in text and "))" not in text and "\n" not in text
+    # the cell's own message keeps its parentheses; what the job adds comes after it
+    failed = rec(JobState.FAILED, "", type="builtins.OSError", message="open(x) failed",
+                 signal="SIGKILL")
+    assert explain(failed) == "the cell raised OSError: open(x) failed (stopped by SIGKILL)"
+    running = rec(JobState.RUNNING, "")
+    running.finished = running.host = None
+    assert summary(running).startswith("job a1b2c3d4 cell-1 [hpc #42] running ")
+    assert "—" not in summary(running)
+    pending = rec(JobState.PENDING, "Priority")
+    pending.started = pending.finished = None
+    assert summary(pending) == "job a1b2c3d4 cell-1 [hpc #42] pending — Priority"
 
 
 def test_time_limit_is_a_timeout_in_a_real_kernel_too(cj_home):

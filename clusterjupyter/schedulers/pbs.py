@@ -88,12 +88,12 @@ class PBSScheduler(Scheduler):
     exit_statuses: ClassVar[dict[int, tuple[JobState, str]]] = {
         -10: (_S.OUT_OF_MEMORY, "exceeded its memory limit (--mem)"),
         -11: (_S.TIMEOUT, "reached its walltime limit (--time)"),
-        -12: (_S.TIMEOUT, "reached its CPU time limit"),
+        -12: (_S.TIMEOUT, "reached its CPU time limit (cput)"),
         -24: (_S.FAILED, "used more CPUs than it asked for"),
         -25: (_S.FAILED, "used more CPUs than it asked for"),
         -26: (_S.OUT_OF_MEMORY, "exceeded its virtual memory limit (--mem)"),
         -27: (_S.OUT_OF_MEMORY, "exceeded its memory limit (--mem)"),
-        -28: (_S.TIMEOUT, "reached its CPU time limit"),
+        -28: (_S.TIMEOUT, "reached its CPU time limit (cput)"),
         -29: (_S.TIMEOUT, "reached its walltime limit (--time)"),
     }
 
