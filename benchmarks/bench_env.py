@@ -1,6 +1,6 @@
 """Cost of the environment guard per cell, against packing the same inputs (the floor).
 
-    python benchmarks/bench_env.py [--runs 50] [--sync]
+    python benchmarks/bench_env.py [--runs 50] [--sync] [--slurm PARTITION]
 
 The guard reads the global references of the cell's pickles, the cell's imports, the kernel's
 versions of the packages found, and compares them with the interpreter's versions — learned
@@ -11,6 +11,8 @@ with a warm cache. The job's interpreter here is this interpreter reached throug
 ``--sync`` adds the cold sync of a small environment (numpy, dill, tblib: venv + pip on this
 machine, local transport) and a trivial job's round trip with the synced environment against
 the same job with the unsynced interpreter, in the same run (target: ≤ 0.1 s more).
+``--slurm PARTITION`` (with ``--sync``) adds the same cold sync built as a SLURM job
+(``env_build = "job"``) on that partition.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--sync", action="store_true", help="also time a cold sync and jobs in it")
+    ap.add_argument("--slurm", metavar="PARTITION", help="also time a cold sync as a SLURM job")
     args = ap.parse_args()
     home = tempfile.mkdtemp(prefix="cj-bench-env-")
     os.environ["CLUSTERJUPYTER_HOME"] = home
@@ -91,10 +94,10 @@ def main() -> None:
               f"{'' if floor is None else f'{med / floor:10.3f}':>10}")
     print("target: guard ≤ 5 ms per cell (warm cache); floor: packing the same inputs")
     if args.sync:
-        sync_rows(home, python, max(5, args.runs // 5))
+        sync_rows(home, python, max(5, args.runs // 5), args.slurm)
 
 
-def sync_rows(home: str, python: str, runs: int) -> None:
+def sync_rows(home: str, python: str, runs: int, partition: str | None) -> None:
     import tomli_w
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -107,7 +110,10 @@ def sync_rows(home: str, python: str, runs: int) -> None:
     with open(os.path.join(config, "profiles.toml"), "wb") as f:
         f.write(tomli_w.dumps({"profiles": {
             "plain": {"python": python, "workdir": work},
-            "synced": {"python": python, "workdir": work}}}).encode())
+            "synced": {"python": python, "workdir": work},
+            "asjob": {"python": python, "workdir": os.path.join(home, "work3"),
+                      "scheduler": "slurm", "env_build": "job",
+                      "resources": {"partition": partition or "", "time": "20m"}}}}).encode())
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "clusterjupyter")
     shell.run_cell("x = 20")
@@ -119,15 +125,30 @@ def sync_rows(home: str, python: str, runs: int) -> None:
         r = shell.run_cell(f"%%cluster {profile}\ny = x + 1\ny", silent=True)
         assert r.success and shell.user_ns["y"] == 21
 
+    t0 = time.perf_counter()
+    envsync.command(backend_for("synced"), "sync", ["numpy"], say=lambda line: None)
+    again = time.perf_counter() - t0
     for p in ("plain", "synced"):
         cell(p)      # warm up (probe, runner shipped)
-    plain = median_time(lambda: cell("plain"), runs)[0]
-    synced = median_time(lambda: cell("synced"), runs)[0]
+    times: dict[str, list[float]] = {"plain": [], "synced": []}
+    for _ in range(runs):      # interleaved: a change of the machine's load hits both alike
+        for p in times:
+            t0 = time.perf_counter()
+            cell(p)
+            times[p].append(time.perf_counter() - t0)
+    plain, synced = (statistics.median(times[p]) for p in ("plain", "synced"))
     print(f"\n{'measurement':<46} {'seconds':>10}")
     print(f"{'cold sync: numpy, dill, tblib (venv + pip)':<46} {cold:10.2f}")
+    print(f"{'sync again (environment already there)':<46} {again:10.3f}")
     print(f"{'trivial job, unsynced interpreter (median)':<46} {plain:10.3f}")
     print(f"{'trivial job, synced environment (median)':<46} {synced:10.3f}")
     print(f"{'overhead of the synced environment':<46} {synced - plain:10.3f}  (target ≤ 0.1)")
+    if partition:
+        t0 = time.perf_counter()
+        envsync.command(backend_for("asjob"), "sync", ["numpy"], say=lambda line: None)
+        print(f"{'cold sync as a SLURM job (env_build = job)':<46} "
+              f"{time.perf_counter() - t0:10.2f}")
+    print(f"({runs} jobs each, interleaved; the cold syncs' pip uses this machine's pip cache)")
 
 
 if __name__ == "__main__":

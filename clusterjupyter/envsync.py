@@ -123,8 +123,8 @@ def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
                 posixpath.join(d, "requirements.txt"): (reqs.text(wheels).encode(), 0o600),
                 posixpath.join(d, "plan.txt"): ("".join(f"{x}\n" for x in reqs.plan())
                                                 .encode(), 0o600)})
-            how = "on the login host" if envbuild.mode(profile) == "login" else "as a job"
-            say(f"building the environment {reqs.digest} on {transport.where} {how} (log: "
+            how = "a process there" if envbuild.mode(profile) == "login" else "a job"
+            say(f"building the environment {reqs.digest} on {transport.where} as {how} (log: "
                 f"{posixpath.join(d, LOG)})")
             native = envbuild.start(backend, transport, d, base.executable,
                                     reqs.python_minor, offline, say)
