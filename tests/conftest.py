@@ -91,6 +91,17 @@ def _restore(saved: dict) -> None:
             sys.modules["pandas"].reset_option("all")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _module_settings():
+    """Every test module leaves the process-wide settings as it found them, whatever its
+    module-scoped shells did (a job's settings become the kernel's, and
+    :func:`kernel_settings` covers one test at a time): no file's tests depend on which files
+    ran before them."""
+    saved = _settings()
+    yield
+    _restore(saved)
+
+
 @pytest.fixture
 def kernel_settings():
     """The process-wide settings a cell (or a job's cell, brought back) changes are put back

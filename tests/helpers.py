@@ -213,24 +213,45 @@ def module_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator
         os.environ["CLUSTERJUPYTER_HOME"] = old
 
 
-def through_sshd_restart(sh, profile: str, cell: str):
-    """Run a blocking ``cell`` on ``profile`` while, a second in, the test sshd restarts and the
-    client's connection drops as well; the value the cell gave."""
+def through_sshd_restart(sh, profile: str, cell: str, gate: Path):
+    """Run ``cell`` on ``profile`` with the test sshd restarted (and the client's connection
+    dropped) while its job runs; the value the cell gave.
+
+    No timer: once the job has started, the restart happens, and only then does the job go on
+    (it first waits for the file ``gate``, which the restart creates). However slow the machine
+    is, the restart lands while the job runs and the result comes back over a new connection.
+    """
     from clusterjupyter.backends import backend_for
 
     backend = backend_for(profile)
     ok(sh, f"%%cluster {profile}\nwarm = 1")     # connected, runner shipped
+    warm = last_job().id
+    failed: list[BaseException] = []
 
     def restart() -> None:
-        testclusters.restart_sshd()
-        backend.transport.break_connection()
+        try:
+            job = wait_for(lambda: (lambda r: r if r.id != warm else None)(last_job()), 240,
+                           "the cell's job to be submitted", step=0.2)
+            wait_for(lambda: os.path.exists(JobPaths.from_dir(job.job_dir).started), 240,
+                     f"job {job.id[:8]} to start", step=0.2)
+            testclusters.restart_sshd()
+            backend.transport.break_connection()
+        except BaseException as e:  # the test fails below, the job is let go on
+            failed.append(e)
+        finally:
+            gate.touch()
 
+    # the job waits for the gate without binding a name (nothing extra comes back)
+    wait = (f"assert any(__import__('os').path.exists({str(gate)!r}) "
+            f"or __import__('time').sleep(0.1) for t in range(3000)), 'no sshd restart'\n")
     before = backend.transport.connects
-    timer = threading.Timer(1.0, restart)
-    timer.start()
+    thread = threading.Thread(target=restart)
+    thread.start()
     try:
-        value = ok(sh, f"%%cluster {profile}\n{cell}")
+        value = ok(sh, f"%%cluster {profile}\n{wait}{cell}")
     finally:
-        timer.join()
+        gate.touch()
+        thread.join()
+    assert not failed, failed
     assert backend.transport.connects > before      # it did reconnect
     return value
