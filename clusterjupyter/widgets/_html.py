@@ -54,12 +54,19 @@ def badge(state: JobState | str) -> str:
             f'{esc(state.value.replace("_", " "))}</span>')
 
 
-def grid(cells: Iterable[str], columns: str, header: bool = False) -> str:
-    """One row of a table as a CSS grid; ``cells`` are HTML already escaped."""
+def grid(cells: Iterable[str], columns: str = "", header: bool = False, cls: str = "",
+         cell_classes: Iterable[str] = ()) -> str:
+    """One row of a table as a CSS grid; ``cells`` are HTML already escaped. ``columns``: the
+    grid's columns, or "" when the stylesheet of class ``cls`` sets them (``cell_classes``: a
+    class for each cell, so that a narrow container can hide some)."""
     style = ("white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-width:0"
              + (";font-weight:600" if header else ""))
-    inner = "".join(f'<div style="{style}">{c}</div>' for c in cells)
-    return (f'<div style="display:grid;grid-template-columns:{columns};gap:0 .8em;'
+    classes = [f' class="{esc(c)}"' for c in cell_classes]
+    inner = "".join(f'<div{classes[i] if i < len(classes) else ""} style="{style}">{c}</div>'
+                    for i, c in enumerate(cells))
+    template = f"grid-template-columns:{columns};" if columns else ""
+    klass = f' class="{esc(cls)}"' if cls else ""
+    return (f'<div{klass} style="display:grid;{template}gap:0 .8em;'
             f'align-items:center;line-height:1.6">{inner}</div>')
 
 

@@ -19,9 +19,24 @@ from ._live import Background, close_tree, hub
 if TYPE_CHECKING:
     from .panel import Panel
 
-COLUMNS = ("minmax(3em,2fr) minmax(0,5.5em) minmax(0,1.2fr) minmax(4.5em,7.5em) minmax(0,3fr) "
-           "minmax(0,5em)")
 HEADERS = ("name", "id", "profile", "state", "reason", "elapsed")
+HEADER_TIPS = ("the job's name (--name); its notebook on hover", "the job's id (its first 8 "
+               "digits; %cluster status ID)", "the profile it ran on, with the scheduler's id",
+               "the job's state", "why it is waiting, or why it did not complete",
+               "running time, or time in the queue")
+#: the table's columns follow the width of the table itself (a container query): a narrow
+#: notebook drops the profile column, then the id and the reason (the reason stays in the state's
+#: tooltip and the error view); headers are never cut
+TABLE_CSS = (
+    "<style>.cj-jobs-cell{container-type:inline-size}"
+    ".cj-jobs-grid{grid-template-columns:minmax(5em,2fr) 5.6em minmax(4.5em,1.2fr) 7em "
+    "minmax(0,3fr) 4.6em}"
+    "@container (max-width:46em){.cj-jobs-grid{grid-template-columns:minmax(5em,2fr) 5.6em 7em "
+    "minmax(0,3fr) 4.6em}.cj-jobs-grid>.cj-col-profile{display:none}}"
+    "@container (max-width:30em){.cj-jobs-grid{grid-template-columns:minmax(4em,1fr) 7em 4.6em}"
+    ".cj-jobs-grid>.cj-col-id,.cj-jobs-grid>.cj-col-profile,.cj-jobs-grid>.cj-col-reason"
+    "{display:none}}</style>")
+CELL_CLASSES = tuple(f"cj-col-{h}" for h in HEADERS)
 #: buttons never shrink (a narrow notebook cuts the reason column, never a button)
 BUTTON = W.Layout(width="4.8em", flex="0 0 4.8em", margin="0 1px", padding="0")
 BUTTONS_WIDTH = "calc(14.4em + 6px)"
@@ -40,10 +55,16 @@ def _row_html(rec: JobRecord) -> str:
     cells = [H.titled(rec.name, f"{rec.name}\nnotebook: {rec.notebook or '-'}"),
              H.titled(rec.id[:8], rec.id, code=True),
              H.titled(f"{rec.profile}{native}", f"{rec.scheduler} job{native}"),
-             H.badge(rec.state),
+             f'<span title="{H.esc(reason)}">{H.badge(rec.state)}</span>',
              H.titled(reason, reason),
              f'<span style="float:right">{H.esc(H.elapsed_text(rec))}</span>']
-    return H.grid(cells, COLUMNS)
+    return H.grid(cells, cls="cj-jobs-grid", cell_classes=CELL_CLASSES)
+
+
+def _table_cell() -> W.HTML:
+    """The HTML part of a table row (its width decides which columns show)."""
+    return W.HTML(layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"),
+                  _dom_classes=["cj-jobs-cell"])
 
 
 def _pushable(rec: JobRecord) -> bool:
@@ -57,7 +78,7 @@ class _Row:
     def __init__(self, tab: JobsTab, rec: JobRecord):
         self.id = rec.id
         self.record = rec
-        self.html = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"))
+        self.html = _table_cell()
         self.cancel = W.Button(description="cancel", tooltip="cancel this job", layout=BUTTON,
                                _dom_classes=["cj-row-cancel"])
         self.logs = W.Button(description="logs", tooltip="show this job's logs (live)",
@@ -120,14 +141,16 @@ class JobsTab:
                                          layout=W.Layout(width="15em"))
         self.refresh_button = W.Button(description="refresh", icon="refresh",
                                        layout=W.Layout(width="auto", flex="0 0 auto"))
-        self.counts = W.HTML(layout=W.Layout(flex="1 1 auto"))
+        self.counts = W.HTML(layout=W.Layout(flex="1 1 12em", min_width="0", overflow="hidden"))
         self.state_filter.observe(self._filter_changed, "value")
         self.profile_filter.observe(self._filter_changed, "value")
         self.refresh_button.on_click(lambda _b: self.reload())
         route_to_subshell(self.refresh_button, self.kernel)
-        header = W.HBox([W.HTML(H.grid([H.esc(h) for h in HEADERS], COLUMNS, header=True),
-                                layout=W.Layout(flex="1 1 auto", min_width="0",
-                                                overflow="hidden")),
+        heads = [H.titled(h, tip) for h, tip in zip(HEADERS, HEADER_TIPS, strict=True)]
+        head = _table_cell()
+        head.value = TABLE_CSS + H.grid(heads, header=True, cls="cj-jobs-grid",
+                                        cell_classes=CELL_CLASSES)
+        header = W.HBox([head,
                          W.Box(layout=W.Layout(width=BUTTONS_WIDTH, flex="0 0 auto"))],
                         layout=W.Layout(border_bottom=f"2px solid {H.BORDER}"))
         self.table = W.VBox([], layout=W.Layout(max_height="26em", overflow="auto"))
@@ -135,18 +158,19 @@ class JobsTab:
         self.message = W.HTML()
         self.log_title = W.HTML(layout=W.Layout(flex="1 1 auto"))
         self.log_stream = W.ToggleButtons(options=list(VIEWS), value="stdout",
-                                          style={"button_width": "6em"})
+                                          style={"button_width": "auto"})
         self.log_close = W.Button(description="close",
                                   layout=W.Layout(width="auto", flex="0 0 auto"))
         self.log_view = W.HTML()
         self.log_stream.observe(lambda _c: self._fetch_logs(force=True), "value")
         self.log_close.on_click(lambda _b: self.hide_logs())
         self.log_box = W.VBox([W.HBox([self.log_title, self.log_stream, self.log_close],
-                                      layout=W.Layout(align_items="center")), self.log_view],
+                                      layout=W.Layout(align_items="center", flex_flow="row wrap")),
+                               self.log_view],
                               layout=W.Layout(display="none", margin="6px 0 0 0"))
         self.widget = W.VBox([
             W.HBox([self.state_filter, self.profile_filter, self.refresh_button, self.counts],
-                   layout=W.Layout(align_items="center")),
+                   layout=W.Layout(align_items="center", flex_flow="row wrap")),
             header, self.table, self.empty, self.message, self.log_box])
         self.update_profiles()
         self.reload()
@@ -226,8 +250,12 @@ class JobsTab:
                 counts[r.state.value] = counts.get(r.state.value, 0) + 1
             text = " · ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
             errors = "; ".join(f"{p}: {e}" for p, e in hub.errors.items())
-            value = (f'<span style="color:{H.MUTED}">{H.esc(text)}</span>'
-                     + (" " + H.message(errors, "error") if errors else ""))
+            # one line, cut with the whole text on hover: it never overflows the panel
+            full = text + (f"; {errors}" if errors else "")
+            value = (f'<div title="{H.esc(full)}" style="white-space:nowrap;overflow:hidden;'
+                     f'text-overflow:ellipsis;padding-left:.5em">'
+                     f'<span style="color:{H.MUTED}">{H.esc(text)}</span>'
+                     + (" " + H.message(errors, "error") if errors else "") + "</div>")
             if self.counts.value != value:
                 self.counts.value = value
 

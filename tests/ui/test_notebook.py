@@ -112,8 +112,22 @@ def test_panel_failure_view_narrow_notebook_and_restart(page: Page, lab) -> None
             assert b["x"] + b["width"] <= box["x"] + box["width"] + 1, "a button is cut off"
             assert button.evaluate("b => b.scrollWidth <= b.clientWidth + 1"), \
                 f"{button.inner_text()!r} does not fit its button"
+    # the column headers shown are whole (narrow: fewer columns, never "na…"); the counts
+    # stay inside the panel
+    heads = panel.locator(".cj-jobs-grid").first.locator("div")
+    shown = [h for h in heads.all() if h.is_visible()]
+    assert {h.inner_text() for h in shown} >= {"name", "state", "elapsed"}
+    for h in shown:
+        assert h.evaluate("d => d.scrollWidth <= d.clientWidth + 1"), \
+            f"header {h.inner_text()!r} is cut"
+    pbox = panel.bounding_box()
+    counts = panel.get_by_text(re.compile(r"1 running")).first
+    cbox = counts.bounding_box()
+    assert cbox["x"] + cbox["width"] <= pbox["x"] + pbox["width"] + 1, "the counts overflow"
     panel.screenshot(path=str(DOCS / "panel-narrow.png"))
     page.set_viewport_size({"width": 1400, "height": 900})
+    page.wait_for_timeout(500)
+    assert sum(h.is_visible() for h in heads.all()) == 6  # wide again: every column
 
     restart_kernel(page)
     page.wait_for_timeout(2000)
