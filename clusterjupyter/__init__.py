@@ -38,6 +38,12 @@ def load_ipython_extension(ipython: Any) -> None:
     from .magics import ClusterMagics
 
     ipython.register_magics(ClusterMagics(ipython, status_display=_status_display))
+    if getattr(ipython, "kernel", None) is not None:
+        # before the first widget: the frontend's subshell requests it causes must not leave
+        # the kernel's status on "idle" while a cell runs
+        from .widgets._kernel import keep_busy_while_running
+
+        keep_busy_while_running(ipython)
 
 
 def _status_display(shell: Any, record: Any) -> Any:

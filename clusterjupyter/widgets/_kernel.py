@@ -128,6 +128,10 @@ class _BusyKeeper:
     ``idle`` even though the main shell is still running a cell: the first ``%%cluster`` cell,
     whose status line is the kernel's first widget, showed "Idle" for its whole run. While a
     cell runs, each such ``idle`` is followed here by a ``busy`` for the running cell.
+
+    It is installed by ``%load_ext clusterjupyter``, before any widget of ours exists: installed
+    by the first status line instead, it came too late whenever the frontend's subshell request
+    (sent when the kernel's first comm appears) was answered before the line was built.
     """
 
     def __init__(self, shell: Any, kernel: Any):
@@ -139,7 +143,7 @@ class _BusyKeeper:
         shell.events.register("post_run_cell", self._post)
 
     def _pre(self, *args: Any) -> None:
-        self.cell = self.kernel.get_parent("shell")
+        self.cell = self.kernel.get_parent("shell") or None
 
     def _post(self, *args: Any) -> None:
         self.cell = None
@@ -157,7 +161,7 @@ class _BusyKeeper:
 
 
 def keep_busy_while_running(shell: Any) -> None:
-    """Install :class:`_BusyKeeper` in ``shell``'s kernel (once; called from inside a cell)."""
+    """Install :class:`_BusyKeeper` in ``shell``'s kernel (once; from a cell or at startup)."""
     kernel = kernel_of(shell)
     if kernel is None or not hasattr(kernel, "_publish_status"):
         return
@@ -165,6 +169,6 @@ def keep_busy_while_running(shell: Any) -> None:
         keeper = getattr(kernel, "_clusterjupyter_busy", None)
         if keeper is None:
             keeper = kernel._clusterjupyter_busy = _BusyKeeper(shell, kernel)
-    if keeper.cell is None:  # (called from the cell that is running now)
-        keeper.cell = kernel.get_parent("shell")
+    if keeper.cell is None:  # (called from the cell that is running now, if any)
+        keeper.cell = kernel.get_parent("shell") or None
 
