@@ -25,9 +25,9 @@ class SweepFailedError(ClusterError):
 class _Line:
     """One live progress line: a display updated in place (a notebook), else ``\\r``."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: str = "") -> None:
         self.handle: Any = None
-        self.last = ""
+        self.last = first
         try:
             from IPython import get_ipython
 
@@ -37,8 +37,11 @@ class _Line:
         if kernel is not None:
             from IPython.display import Pretty, display
 
-            self.handle = display(Pretty(""), display_id=True)
+            self.handle = display(Pretty(first), display_id=True)
             self._pretty = Pretty
+        elif first:
+            sys.stdout.write("\r" + first)
+            sys.stdout.flush()
 
     def show(self, text: str) -> None:
         if text == self.last:
@@ -105,7 +108,7 @@ def run_sweep(magics: Any, backend: Any, args: Any, cell: str) -> Any:
 def follow(shell: Any, sw: sweeps.Sweep) -> Any:
     """Show the live progress line until every element ends; then bind and summarize."""
     __tracebackhide__ = True
-    line = _Line()
+    line = _Line(sweepmod.progress_line(sw.counts(), _elapsed(sw)))
     try:
         sw.wait(on_tick=lambda c: line.show(sweepmod.progress_line(
             c, _elapsed(sw))))

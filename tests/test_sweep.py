@@ -251,6 +251,37 @@ def test_slurm_cancel_whole_sweep(slurm_env):
     assert {e.state for e in sw.elements} == {JobState.CANCELLED}
 
 
+@pytest.mark.slurm
+def test_slurm_element_over_its_time_limit_then_retry(slurm_env, tmp_path):
+    """SLURM ends the element over its --time (0–30 s after it: slurmctld looks every 30 s);
+    the others complete; the retry gives the full result set."""
+    write_profiles(slurm_env.base / "cj", slurm_env.profiles)
+    sh = new_shell()
+    flag = tmp_path / "flag"
+    ok(sh, f"flag = {str(flag)!r}")
+    with capture_output() as cap:
+        ok(sh, '%%cluster slurm --time 0:00:20 --sweep "a in range(3)" --job sw\n'
+               'import os, time\nif a == 1 and not os.path.exists(flag):\n'
+               '    time.sleep(600)\nsq = a * a')
+    assert "2 of 3 completed, 1 failed" in cap.stdout, cap.stdout
+    assert "element 1 (a=1): timeout: " in cap.stdout and "time limit" in cap.stdout
+    sw = sh.user_ns["sw"]
+    assert [e.state for e in sw.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
+                                              JobState.COMPLETED]
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 4]
+    array = sw.elements[1].job.record.native_id.split("_")[0]
+    acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", f"{array}_1"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "TIMEOUT" in acct                      # SLURM itself says so
+    with capture_output() as cap:
+        ok(sh, f"%cluster sweep {sw.id[:8]}")
+    assert "time limit" in [ln for ln in cap.stdout.splitlines() if "timeout" in ln][0]
+    flag.write_text("")
+    sw.retry()
+    assert sw.wait(300).done == 3, sw.summary()
+    assert sw.results()["sq"]["sq"].tolist() == [0, 1, 4]
+
+
 # -- Grid Engine --------------------------------------------------------------------------------
 
 @pytest.mark.sge
