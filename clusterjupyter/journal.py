@@ -347,17 +347,24 @@ class Journal:
             f"SELECT id, name, profile, created, size FROM sweeps {where} "
             "ORDER BY created DESC LIMIT ?", [*args, limit])]
         for s in sweeps:
-            rows = self._conn().execute(
-                "SELECT j.state, COUNT(*), MAX(j.native_id), MIN(j.started), MAX(j.finished) "
-                "FROM sweep_elements e JOIN jobs j ON j.id = e.job_id WHERE e.sweep_id = ? "
-                "AND e.attempt = (SELECT MAX(x.attempt) FROM sweep_elements x "
-                "WHERE x.sweep_id = e.sweep_id AND x.idx = e.idx) GROUP BY j.state",
-                (s["id"],)).fetchall()
+            rows = self._sweep_states(s["id"])
             s["states"] = {JobState.parse(r[0]): r[1] for r in rows}
             s["native"] = max((r[2] or "" for r in rows), default="")
             s["started"] = min((r[3] for r in rows if r[3] is not None), default=None)
             s["finished"] = max((r[4] for r in rows if r[4] is not None), default=None)
         return sweeps
+
+    def sweep_states(self, sweep_id: str) -> dict[JobState, int]:
+        """How many of the sweep's elements (their latest attempts) are in each state."""
+        return {JobState.parse(r[0]): r[1] for r in self._sweep_states(sweep_id)}
+
+    def _sweep_states(self, sweep_id: str) -> builtins.list[Any]:
+        return self._conn().execute(
+            "SELECT j.state, COUNT(*), MAX(j.native_id), MIN(j.started), MAX(j.finished) "
+            "FROM sweep_elements e JOIN jobs j ON j.id = e.job_id WHERE e.sweep_id = ? "
+            "AND e.attempt = (SELECT MAX(x.attempt) FROM sweep_elements x "
+            "WHERE x.sweep_id = e.sweep_id AND x.idx = e.idx) GROUP BY j.state",
+            (sweep_id,)).fetchall()
 
     def sweep_jobs(self, sweep_ids: builtins.list[str],
                    states: tuple[str, ...] = ACTIVE) -> builtins.list[JobRecord]:

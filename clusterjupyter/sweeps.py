@@ -165,6 +165,7 @@ class Sweep:
         self.namespace: tuple[Any, Any] = (None, None)
         self.has_result = False       # the cell ends with an expression (known when submitted)
         self._jobs: dict[str, Job] = {}
+        self._followed = False        # the monitor follows the unfinished elements
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -221,7 +222,12 @@ class Sweep:
         return out
 
     def counts(self) -> Counts:
-        return count(e.state for e in self.elements)
+        """Elements by state (their latest attempts): one journal query. Unfinished elements
+        are followed by the monitor from the first call on."""
+        states = self.journal.sweep_states(self.id)
+        if not self._followed and any(not s.final for s in states):
+            self._track()
+        return count(s for s, n in states.items() for _ in range(n))
 
     def progress(self) -> str:
         return progress_line(self.counts(), time.time() - float(self.record["created"]))
@@ -234,6 +240,7 @@ class Sweep:
         return all(e.done for e in self.elements)
 
     def _track(self) -> list[Element]:
+        self._followed = True
         els = self.elements
         active = [e.job.record for e in els if not e.done]
         for rec in active:
