@@ -272,8 +272,25 @@ def format_envs(envs: list[dict[str, Any]], where: str) -> str:
     return "\n".join(lines) + "\n(* in use by this profile)"
 
 
+def build_log(backend: Any) -> tuple[str, str]:
+    """``(path, text)`` of the build log of the environment the profile uses, else of the
+    latest build under its work root (a failed one, say)."""
+    transport = getattr(backend.transport, "inner", backend.transport)
+    entry = active(backend.profile)
+    if entry:
+        path = posixpath.join(entry["dir"], LOG)
+    else:
+        done = transport.shell('ls -t "$1"/*/build.log 2>/dev/null | head -n 1',
+                               envs_root(backend), check=False)
+        path = done.stdout.strip()
+        if not path:
+            raise ClusterError(f"no environment was built for profile {backend.name!r} on "
+                               f"{transport.where}; `%cluster env sync {backend.name}` builds one")
+    return path, transport.tail(path, None)
+
+
 #: ``%cluster env ACTION PROFILE [options]``
-ACTIONS = ("sync", "list", "prune", "off")
+ACTIONS = ("sync", "list", "prune", "off", "log")
 
 
 def command(backend: Any, action: str, packages: list[str] | None = None, whole: bool = False,
@@ -296,6 +313,10 @@ def command(backend: Any, action: str, packages: list[str] | None = None, whole:
         say(f"removed {len(removed)} environment{'s' if len(removed) != 1 else ''}"
             + "".join(f"\n  {d}" for d in removed))
         return removed
+    if action == "log":
+        path, text = build_log(backend)
+        say(f"{path}:\n{text.rstrip()}")
+        return path
     if action == "off":
         forget(backend.profile)
         say(f"jobs on {backend.name} run with {backend.profile.interpreter} again")

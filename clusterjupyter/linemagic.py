@@ -45,7 +45,8 @@ SUBCOMMANDS = {
     "panel": "open the job monitor panel",
     "metrics": "jobs by state, retries, reconnects, commands, timings per profile",
     "sweep": "show a sweep's elements and their states",
-    "env": "env sync|list|prune|off PROFILE [--packages a,b] [--all]: a matching environment",
+    "env": "env sync|list|prune|off|log PROFILE [--packages a,b] [--all]: a matching "
+           "environment",
 }
 
 

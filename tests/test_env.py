@@ -462,7 +462,7 @@ def test_ship_runner_off_without_the_package_says_what_to_set(sh, env, venvs, mo
 
 def test_env_command_names_its_actions(sh):
     res = run(sh, "%cluster env build old")
-    assert res.error_in_exec is not None and "sync|list|prune|off" in str(res.error_in_exec)
+    assert res.error_in_exec is not None and "sync|list|prune|off|log" in str(res.error_in_exec)
 
 
 # -- local and editable packages ----------------------------------------------------------------
@@ -587,6 +587,9 @@ def test_a_second_slurm_job_reuses_the_environment_built_as_a_job(sh, env):
     build_job = Path(entry["dir"], "job.id").read_text().strip()
     assert f"* {entry['digest']}" in listed and f"built as job {build_job}; log: {log}" in listed
     assert "clusterjupyter: built" in listed
+    whole = env_line(sh, "log slurmjob")
+    assert whole.startswith(f"{log}:") and "Successfully installed" in whole
+    assert f", job {build_job}, " in whole
     from clusterjupyter.widgets.health import check_profile
 
     step = next(s for s in check_profile("slurmjob")["steps"] if s["name"] == "environment")
@@ -604,3 +607,4 @@ def test_a_build_job_that_dies_fails_the_sync_with_its_log(sh, env):
     assert (d / ".failed").exists()
     listed = env_line(sh, "list slurmjobfail")
     assert " failed " in listed and "built as job" in listed
+    assert f", job {build_job}, " in env_line(sh, "log slurmjobfail")   # the failed build's
