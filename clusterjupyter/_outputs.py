@@ -120,9 +120,11 @@ def exception_payload(exc: BaseException) -> Any:
 
 def output_blobs(items: dict[str, Any], mutated: list[str], inputs: dict[str, Any],
                  opts: serialize.DumpOptions, entries: dict[str, Any],
-                 unpicklable: dict[str, str]) -> dict[str, serialize.Blob]:
+                 unpicklable: dict[str, str],
+                 nested: bundle.Refs | None = None) -> dict[str, serialize.Blob]:
     """The values to send back, pickled: modules by name (into ``entries``), notebook
-    classes on their own, everything else together (:mod:`.bundle`). ``items`` is consumed."""
+    classes on their own, everything else together (:mod:`.bundle`). ``items`` is consumed.
+    ``nested``: the objects that were inside the inputs (:func:`bundle.nested_refs`)."""
     outputs: dict[str, serialize.Blob] = {}
     for name, value in list(items.items()):
         if isinstance(value, types.ModuleType):
@@ -141,6 +143,9 @@ def output_blobs(items: dict[str, Any], mutated: list[str], inputs: dict[str, An
     # references to the kernel's module
     refs = bundle.refs_for(inputs)
     for key, pid in bundle.module_refs(items).items():
+        refs.setdefault(key, pid)
+    # an object that was inside an input: its path and new state, for the kernel's object
+    for key, pid in (nested or {}).items():
         refs.setdefault(key, pid)
     arrays = bundle.arrays_among(*inputs.values(), *items.values())
     grouped = {n: bundle.Root(v) if n in mutated else v for n, v in items.items()}
@@ -168,7 +173,7 @@ def _write_blobs(paths: JobPaths, key: bytes, outputs: dict[str, serialize.Blob]
 def write_result(paths: JobPaths, key: bytes, opts: serialize.DumpOptions,
                  inputs: dict[str, Any], done: Changes, last: Any, has_last: bool,
                  exc: BaseException | None, filename: str, extra: dict[str, Any],
-                 figures: list[Any] | None = None) -> None:
+                 figures: list[Any] | None = None, nested: bundle.Refs | None = None) -> None:
     """Pickle and sign what the cell left (``done``, its value, its exception, the ``figures``
     it left open), then write the signed ``result.json``; ``extra`` adds the job's other
     findings (settings, kernel magics, files) to the document."""
@@ -180,7 +185,7 @@ def write_result(paths: JobPaths, key: bytes, opts: serialize.DumpOptions,
         items[RESULT_KEY] = last
     if figures:
         items[FIGURES_KEY] = figures
-    outputs = output_blobs(items, done.mutated, inputs, opts, entries, unpicklable)
+    outputs = output_blobs(items, done.mutated, inputs, opts, entries, unpicklable, nested)
     if exc is not None:
         try:
             outputs[EXCEPTION_KEY] = serialize.dump(exception_payload(exc), opts)

@@ -8,7 +8,10 @@ whatever else needs dill (``__nsd__``).
 Some objects do not travel inside a group but as references (persistent ids): large arrays,
 which travel as blobs of their own so an unchanged one is not sent again; notebook classes; and,
 in a result, the job's inputs themselves, which the kernel resolves to its own objects. An input
-the cell mutated travels as its new state, which the kernel writes into its existing object.
+the cell mutated travels as its new state, which the kernel writes into its existing object. An
+object *inside* an input (a list in a dict, an array in a notebook object) travels back as its
+path from the input's name together with its state: the kernel writes the state into its own
+object at that path, so that every other container holding it sees the change.
 
 Standard library only (numpy is used only when a value is an array): the runner imports it.
 """
@@ -29,10 +32,15 @@ SEPARATE_MIN = 1 << 20
 GROUPS = ("__ns__", "__nsd__")
 REF = "ref"
 MODULE = "module"
+NESTED = "nested"
 #: values whose identity does not matter: never sent as references
 _ATOMS = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, range)
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, range)
+#: most elements looked at when finding the objects inside a job's inputs
+WALK_LIMIT = 200_000
 
-Refs = dict[int, tuple[str, str]]
+Refs = dict[int, tuple]
+Path = tuple[tuple[str, Any], ...]
 
 
 class Root:
@@ -84,6 +92,90 @@ def module_refs(values: dict[str, Any]) -> Refs:
     return refs
 
 
+def typename(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _notebook_instance(value: Any) -> bool:
+    return type(value).__module__ == "__main__" and hasattr(value, "__dict__") \
+        and not isinstance(value, (type, types.FunctionType))
+
+
+def _shared_kind(value: Any) -> bool:
+    """A mutable object whose identity matters (others may hold it too)."""
+    if isinstance(value, (list, dict, set, bytearray)) or _notebook_instance(value):
+        return True
+    np = sys.modules.get("numpy")
+    if np is not None and type(value) is np.ndarray:
+        return True   # a view too: its new elements are written through the kernel's view
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(value, (pd.DataFrame, pd.Series))
+
+
+def _plain_key(key: Any) -> bool:
+    return isinstance(key, _SCALARS) or (type(key) is tuple and all(map(_plain_key, key)))
+
+
+def _walk(values: dict[str, Any]) -> Any:
+    """Every object in the named values, once, with its first path from a name: lists, tuples
+    and dicts (plain keys) and the attributes of notebook-class instances are looked into, at
+    most :data:`WALK_LIMIT` elements in all."""
+    seen: set[int] = set()
+    budget = WALK_LIMIT
+    stack: list[tuple[str, Path, Any]] = [(n, (), v) for n, v in reversed(values.items())]
+    while stack and budget > 0:
+        name, path, value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        yield name, path, value
+        if isinstance(value, (list, tuple)):
+            items: Any = (("i", i, v) for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            items = (("k", k, v) for k, v in value.items() if _plain_key(k))
+        elif _notebook_instance(value):
+            items = (("a", k, v) for k, v in vars(value).items())
+        else:
+            continue
+        children = []
+        for kind, key, child in items:
+            budget -= 1
+            if budget <= 0:
+                break
+            if not isinstance(child, _SCALARS):
+                children.append((name, path + ((kind, key),), child))
+        stack.extend(reversed(children))
+
+
+def nested_refs(values: dict[str, Any]) -> tuple[Refs, list[Any]]:
+    """The shared-kind objects inside the named values (not the values themselves), each as
+    its first path from a name (:func:`_walk`). Returns the references and the objects looked
+    at (keep them alive while the references are used: they are known by ``id``)."""
+    refs: Refs = {}
+    top = {id(v) for v in values.values()}
+    kept: list[Any] = []
+    for name, path, value in _walk(values):
+        kept.append(value)
+        if path and id(value) not in top and _shared_kind(value):
+            refs[id(value)] = (NESTED, name, path, typename(value))
+    return refs, kept
+
+
+def follow(root: Any, path: Path) -> Any:
+    """The object at ``path`` (from :func:`nested_refs`) inside ``root``."""
+    value = root
+    for kind, key in path:
+        if kind == "i" and isinstance(value, (list, tuple)):
+            value = value[key]
+        elif kind == "k" and isinstance(value, dict):
+            value = value[key]
+        elif kind == "a":
+            value = vars(value)[key]
+        else:
+            raise LookupError(f"{kind} {key!r}")
+    return value
+
+
 def separate(value: Any) -> bool:
     """Does this value travel as a blob of its own (a large array, not a view)?"""
     np = sys.modules.get("numpy")
@@ -109,13 +201,19 @@ class _Rules:
                        if a.flags.c_contiguous or a.flags.f_contiguous]
         self.root = root
         self.allow: int | None = None
+        self.nested: dict[int, tuple] = {}
 
     def persistent_id(self, obj: Any) -> Any:
         pid = self.refs.get(id(obj)) if self.refs else None
         if pid is not None:
-            if id(obj) != self.allow:
+            if id(obj) == self.allow:
+                self.allow = None
+            elif pid[0] == NESTED:   # its path, and its state (the object by value)
+                if id(obj) not in self.nested:
+                    self.nested[id(obj)] = (*pid, Root(obj))
+                return self.nested[id(obj)]
+            else:
                 return pid
-            self.allow = None
         if self.class_ref is not None and isinstance(obj, type) and obj is not self.root:
             name = self.class_ref(obj)
             if name is not None:
@@ -266,13 +364,18 @@ class Unpickler(serialize._Unpickler):
     ``resolve(name)``."""
 
     def __init__(self, file: BinaryIO, main: types.ModuleType, resolve: Callable[[str], Any],
-                 refs: Callable[[str], Any], buffers: list) -> None:
+                 refs: Callable[[str], Any], buffers: list,
+                 nested: Callable[[str, Path, str, Any], Any] | None = None) -> None:
         super().__init__(file, main, resolve, buffers)
         self._refs = refs
+        self._nested = nested
 
     def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == REF:
             return self._refs(pid[1])
+        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == NESTED:
+            _, name, path, kind, state = pid
+            return state if self._nested is None else self._nested(name, path, kind, state)
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == MODULE:
             import importlib
 
@@ -282,21 +385,21 @@ class Unpickler(serialize._Unpickler):
 
 
 def load_group(data: bytes, buffers: list, main: types.ModuleType,
-               resolve: Callable[[str], Any], refs: Callable[[str], Any]) -> dict[str, Any]:
-    """A group's namespace from its (verified) pickle stream and buffers."""
-    value = Unpickler(io.BytesIO(data), main, resolve, refs, buffers).load()
+               resolve: Callable[[str], Any], refs: Callable[[str], Any],
+               nested: Callable[[str, Path, str, Any], Any] | None = None) -> dict[str, Any]:
+    """A group's namespace from its (verified) pickle stream and buffers; ``nested(name,
+    path, type, state)`` gives the object for an object inside an input (default: ``state``)."""
+    value = Unpickler(io.BytesIO(data), main, resolve, refs, buffers, nested).load()
     if not isinstance(value, dict):
         raise pickle.UnpicklingError("a group is not a namespace")
     return value
 
 
 def arrays_among(*values: Any) -> list[Any]:
-    """The numpy arrays among these values (an empty list without numpy)."""
+    """The numpy arrays among these values and inside them (:func:`_walk`), so that a view
+    of one travels as a view of it (an empty list without numpy)."""
     np = sys.modules.get("numpy")
     if np is None:
         return []
-    seen: dict[int, Any] = {}
-    for v in values:
-        if type(v) is np.ndarray:
-            seen.setdefault(id(v), v)
-    return list(seen.values())
+    return [v for _, _, v in _walk({str(i): v for i, v in enumerate(values)})
+            if type(v) is np.ndarray]

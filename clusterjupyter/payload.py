@@ -16,6 +16,7 @@ from typing import Any, Callable
 from . import bundle, serialize
 from .capture import Captured
 from .errors import CaptureError, RemoteError, RemoteTraceback
+from .inplace import update_in_place
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
 from ._outputs import EXCEPTION_KEY, FIGURES_KEY, RESULT_KEY
 from .tracebacks import rebuild_traceback
@@ -207,7 +208,7 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
         elif name in bundle.GROUPS:
             data, buffers = _read_verified(opener, paths.outputs + "/" + entry["file"], entry,
                                            output_names(name, entry))
-            value = bundle.load_group(data, buffers, main, resolve, kernel_object)
+            value = bundle.load_group(data, buffers, main, resolve, kernel_object, kernel_nested)
         else:
             check(blob_mac(key, paths.job_id, entry["sha256"]), entry["mac"],
                   output_names(name, entry))
@@ -228,6 +229,17 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
         except KeyError:
             raise LookupError(f"{name!r} (an input of the job) is no longer in this "
                               "kernel") from None
+
+    def kernel_nested(name: str, path: Any, kind: str, state: Any) -> Any:
+        # an object inside an input: the kernel's own object at that path, given the job's
+        # state, so that every other holder of it sees the change (else the job's copy)
+        try:
+            target = bundle.follow(namespace[name], path)
+        except Exception:
+            return state
+        if bundle.typename(target) != kind or not update_in_place(target, state):
+            return state
+        return target
 
     def resolve(name: str) -> Any:
         # a class the cell defined comes with the result; otherwise it is the kernel's own

@@ -31,7 +31,7 @@ import traceback
 import types
 from typing import Any
 
-from . import _display, context, serialize
+from . import _display, bundle, context, serialize
 from ._exitfile import Exit, Outcome, decide, write_exit
 from ._inputs import import_modules, load_manifest, restore_inputs, secret_path
 from ._jobshell import KERNEL_STATE_MAGICS, JobShell, Terminated, on_signal, \
@@ -149,6 +149,7 @@ class Runner:
             if self.workdir is not None:
                 self.workdir.patch_inputs(self.inputs, self.ns)
             before = input_digests(self.inputs, self.digest)
+            nested, _kept = bundle.nested_refs(self.inputs)  # the objects inside, before
             phase = "running the cell"
             settings_before = context.snapshot()
             last, has_last, exc = run_cell(self.manifest["cell"], self.filename,
@@ -160,7 +161,7 @@ class Runner:
                 found["drew"] = True
             write_result(self.paths, self.key, self.dump_options(), self.inputs,
                          self.changes(before), last, has_last, exc, self.filename, found,
-                         figures)
+                         figures, nested)
         except Terminated as t:
             return Outcome(signum=t.signum, phase=phase)
         except BaseException as e:

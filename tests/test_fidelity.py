@@ -270,6 +270,26 @@ def test_mutations_are_written_into_the_kernels_objects(shell):
     assert ns["there"] != ns["here"]
 
 
+def test_objects_inside_containers_stay_shared_after_write_back(shell):
+    pytest.importorskip("pandas")
+    ok(shell, "import numpy as np, pandas as pd, os\nclass Box:\n    pass\n"
+              "inner = [1]\na = {'k': inner}\nb = [inner]\nbox = Box()\nbox.items = inner\n"
+              "arr = np.zeros(3)\nv = arr[1:]\nholder = {'arr': arr, 'v': v}\n"
+              "df = pd.DataFrame({'x': [1, 2]})\nframes = {'d': df}")
+    ok(shell, "%%cluster\na['k'].append(2)\nholder['arr'][1] = 5\nholder['v'][1] = 7\n"
+              "frames['d']['y'] = 3\ntaken = box.items\npid = os.getpid()")
+    ns = shell.user_ns
+    assert ns["pid"] == job_pid() != os.getpid()
+    assert ns["inner"] == [1, 2] and ns["a"]["k"] is ns["b"][0] is ns["box"].items is ns["inner"]
+    assert ns["taken"] is ns["inner"]   # an object from inside an input is the kernel's own
+    assert ns["arr"].tolist() == [0, 5, 7] and ns["v"].tolist() == [5, 7]
+    assert ns["holder"]["arr"] is ns["arr"] and ns["holder"]["v"] is ns["v"]
+    assert list(ns["df"].columns) == ["x", "y"] and ns["frames"]["d"] is ns["df"]
+    ok(shell, "%%cluster\na['k'] = [9]\nbox.items.append(3)")   # a new list, as in the kernel
+    assert ns["a"]["k"] == [9] and ns["a"]["k"] is not ns["inner"]
+    assert ns["inner"] == [1, 2, 3] and ns["b"][0] is ns["inner"] is ns["box"].items
+
+
 def test_numpy_views_and_aliases_see_the_change(shell):
     np = pytest.importorskip("numpy")
     ok(shell, "import numpy as np\na = np.arange(4)\nv = a[:2]\nb = a")
