@@ -252,10 +252,11 @@ def test_file_operations(env, tmp_path):
         log = str(base / "spawn.log")
         pid = t.spawn(["sh", "-c", "echo spawned; sleep 0.2"], log)
         assert pid.isdigit() and t.spawn(["false"], log) == pid    # idempotent per log
-        deadline = time.time() + 10
-        while b"spawned" not in (base / "spawn.log").read_bytes() and time.time() < deadline:
-            time.sleep(0.05)
-        assert (base / "spawn.log").read_bytes() == b"spawned\n"
+        spawned = base / "spawn.log"
+        assert spawned.exists()            # before the detached process gets to open it
+        wait_for(lambda: b"spawned" in spawned.read_bytes(), 120,
+                 "the spawned command's output", step=0.05)
+        assert spawned.read_bytes() == b"spawned\n"
     finally:
         t.close()
 
@@ -469,9 +470,7 @@ def test_ssh_agent_key_is_used(env, ssh, monkeypatch, tmp_path):
     sock = str(tmp_path / "agent.sock")
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 10
-        while not os.path.exists(sock) and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: os.path.exists(sock), 120, "ssh-agent's socket", step=0.05)
         monkeypatch.setenv("SSH_AUTH_SOCK", sock)
         subprocess.run(["ssh-add", "-q", ssh["identity_file"]], check=True,
                        stderr=subprocess.DEVNULL)

@@ -68,7 +68,7 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def spawn(self, argv: Sequence[str], log_path: str) -> str:
         """Start ``argv`` detached from this session (survives the kernel), output to
-        ``log_path``; return its process id."""
+        ``log_path`` (which exists when this returns); return its process id."""
 
     # -- files --------------------------------------------------------------------------------
     @abc.abstractmethod

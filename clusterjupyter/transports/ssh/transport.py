@@ -103,6 +103,7 @@ class SSHTransport(Transport):
         script = (
             'log=$1; shift; pidf="$log.pid"\n'
             'if ( set -C; : > "$pidf" ) 2>/dev/null; then\n'
+            '  : >>"$log"\n'    # the log exists when spawn returns, as with the local transport
             '  if command -v setsid >/dev/null 2>&1; then\n'
             '    nohup setsid "$@" >>"$log" 2>&1 </dev/null &\n'
             '  else\n'
