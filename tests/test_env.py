@@ -1,8 +1,12 @@
-"""The environment guard and other interpreters, on the real sshd and SLURM.
+"""The environment guard, other interpreters and env sync, on the real sshd, SLURM and Grid
+Engine.
 
 Second interpreters are real virtual environments (no system site-packages) built once per
 machine under /var/tmp and reused: ``old`` (numpy<2, dill), ``patch`` (the kernel's numpy
-minor version, another patch level, dill) and ``nonumpy`` (dill only).
+minor version, another patch level, dill) and ``nonumpy`` (dill only). The local package is a
+real project installed with ``pip install -e`` (and from its directory, and from a wheel file)
+into a prefix put on the kernel's path. Conda is not installed here: its environments' layout
+(``conda-meta`` records, dist-info written by conda) is made on disk and read for real.
 """
 
 from __future__ import annotations
@@ -502,6 +506,23 @@ def test_the_editable_package_is_installed_editable_here(localpkg):
     assert '"editable": true' in doc and str(localpkg) in doc
 
 
+def test_a_local_directory_or_wheel_file_install_travels_as_that_wheel(localpkg, tmp_path,
+                                                                      monkeypatch):
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "w"), str(localpkg)],
+                   check=True)
+    whl = next((tmp_path / "w").glob("cj_localpkg-*.whl"))
+    for how, source in (("dir", str(localpkg)), ("file", str(whl))):
+        prefix = tmp_path / how
+        subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix), source],
+                       check=True)
+        monkeypatch.syspath_prepend(str(next(prefix.glob("lib/python*/site-packages"))))
+        (local,) = envreqs.kernel_requirements(["cj-localpkg"]).local
+        assert (local.source, local.editable) == (source, False)
+        assert f"(local: {source})" in local.describe()
+    assert envreqs.local_wheel(local) == str(whl)      # a wheel file is shipped as it is
+
+
 #: run on the cluster: the package's version and installed file as the job's environment has them
 INSTALLED = ("from importlib import metadata\ntry:\n    dist = metadata.distribution('cj-localpkg')"
              "\n    init = next(f for f in dist.files if f.name == '__init__.py')\n"
@@ -608,3 +629,27 @@ def test_a_build_job_that_dies_fails_the_sync_with_its_log(sh, env):
     listed = env_line(sh, "list slurmjobfail")
     assert " failed " in listed and "built as job" in listed
     assert f", job {build_job}, " in env_line(sh, "log slurmjobfail")   # the failed build's
+
+
+@pytest.mark.sge
+def test_sync_builds_as_a_grid_engine_job(sh, env, venvs, monkeypatch):
+    from helpers import write_profiles
+
+    sge = ensure("sge")["sge"]
+    monkeypatch.delenv("SGE_ROOT", raising=False)     # only command_env provides it
+    profiles = dict(env.profiles)
+    profiles["sgejob"] = {
+        "scheduler": "sge", "python": venvs["nonumpy"], "env_build": "job",
+        "workdir": str(env.base / "sgejob"), "resources": {"partition": sge["queue"]},
+        "scheduler_options": {"bin_dir": "/usr/lib/gridengine", "pe": sge["pe"],
+                              "command_env": {"SGE_ROOT": sge["sge_root"],
+                                              "SGE_CELL": sge["sge_cell"]}}}
+    write_profiles(env.base / "cj", profiles)
+    out = env_line(sh, "sync sgejob --packages packaging")
+    entry = envsync.active(profile_of("sgejob"))
+    build_job = Path(entry["dir"], "job.id").read_text().strip()
+    assert f"the build runs as sge job {build_job}" in out
+    assert f", job {build_job}, " in Path(entry["dir"], "build.log").read_text()
+    ok(sh, "%%cluster sgejob\nimport os, sys, packaging\nsge_job = os.environ['JOB_ID']\n"
+           "exe8 = sys.executable")
+    assert sh.user_ns["exe8"] == entry["python"] and sh.user_ns["sge_job"] != build_job
