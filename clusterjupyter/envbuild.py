@@ -144,7 +144,11 @@ def follow(backend: Any, transport: Any, d: str, say: Callable[[str], None],
 def _job_progress(backend: Any, transport: Any, d: str, native: str, seen: str,
                   say: Callable[[str], None]) -> str:
     """Say the build job's state when it changes; raise when it ended without the marker."""
-    st = backend.scheduler.status([native], ["build"]).get(native)
+    try:
+        st = backend.scheduler.status([native], ["build"]).get(native)
+    except ClusterError as e:         # a busy controller: ask again at the next round
+        say(f"  build job {native}: the scheduler did not answer ({str(e)[:120]})")
+        return seen
     gone = st is None and bool(seen) and not seen.startswith("not listed")
     if not gone and (st is None or not st.state.final):
         word = st.state.value if st else "not listed"

@@ -653,3 +653,25 @@ def test_sync_builds_as_a_grid_engine_job(sh, env, venvs, monkeypatch):
     ok(sh, "%%cluster sgejob\nimport os, sys, packaging\nsge_job = os.environ['JOB_ID']\n"
            "exe8 = sys.executable")
     assert sh.user_ns["exe8"] == entry["python"] and sh.user_ns["sge_job"] != build_job
+
+
+@pytest.mark.slurm
+def test_a_scheduler_that_does_not_answer_once_does_not_stop_the_build(sh, env, venvs,
+                                                                      tmp_path):
+    from helpers import write_profiles
+
+    # squeue fails at its first call (a busy controller), then is the real one
+    flaky = tmp_path / "squeue"
+    flaky.write_text(f'#!/bin/sh\n[ -e {tmp_path}/once ] || {{ touch {tmp_path}/once; echo '
+                     f'"squeue: error: slurm_receive_msg: Socket timed out" >&2; exit 1; }}\n'
+                     f'exec squeue "$@"\n')
+    flaky.chmod(0o755)
+    profiles = dict(env.profiles)
+    profiles["slurmflaky"] = {**env.profiles["slurmjob"], "workdir": str(env.base / "flaky"),
+                              "python": venvs["nonumpy"],
+                              "scheduler_options": {"squeue": str(flaky)}}
+    write_profiles(env.base / "cj", profiles)
+    out = env_line(sh, "sync slurmflaky --packages packaging")
+    assert "the scheduler did not answer (squeue: error: slurm_receive_msg" in out
+    entry = envsync.active(profile_of("slurmflaky"))
+    assert Path(entry["dir"], ".complete").exists() and "built" in out
