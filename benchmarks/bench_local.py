@@ -5,6 +5,10 @@
 The floor is starting the same interpreter to import dill (`python -c "import dill"`): the least
 any out-of-process runner that unpickles with dill could cost. Target: median round trip ≤ 0.15 s
 on the 2-core development machines.
+
+The measurements are interleaved (one of each per round), so a change in the machine's load
+during the run moves the floor and the cell alike; the ratio is the median of each round's own
+ratio. The load average before and after is printed with the table.
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 
-def median_time(fn, runs: int) -> tuple[float, float]:
-    times = []
+def interleaved(fns: list[Callable[[], None]], runs: int) -> list[list[float]]:
+    """Seconds of each function per round, the functions taking turns within a round."""
+    rounds = []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+        row = []
+        for fn in fns:
+            t0 = time.perf_counter()
+            fn()
+            row.append(time.perf_counter() - t0)
+        rounds.append(row)
+    return rounds
 
 
 def main() -> None:
@@ -32,6 +41,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
     os.environ["CLUSTERJUPYTER_HOME"] = tempfile.mkdtemp(prefix="cj-bench-")
+    load = os.getloadavg()
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
@@ -49,19 +59,22 @@ def main() -> None:
     def bare() -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=True)
 
-    rows = [
-        ("python -c 'import dill' (floor)", *median_time(floor, args.runs)),
-        ("python -c 'pass'", *median_time(bare, args.runs)),
-        ("%%cluster trivial cell, local", *median_time(trivial, args.runs)),
-    ]
-    floor_median = rows[0][1]
+    names = ["python -c 'import dill' (floor)", "python -c 'pass'",
+             "%%cluster trivial cell, local"]
+    rounds = interleaved([floor, bare, trivial], args.runs)
     print(f"{'measurement':<36} {'median s':>9} {'min s':>7} {'× floor':>8}")
-    for name, med, low in rows:
-        print(f"{name:<36} {med:9.3f} {low:7.3f} {med / floor_median:8.2f}")
+    for i, name in enumerate(names):
+        times = [r[i] for r in rounds]
+        ratio = statistics.median(r[i] / r[0] for r in rounds)
+        print(f"{name:<36} {statistics.median(times):9.3f} {min(times):7.3f} {ratio:8.2f}")
+    cell = statistics.median(r[2] for r in rounds)
     target = 0.15
-    verdict = "meets" if rows[2][1] <= target else "MISSES"
-    print(f"\ntarget: trivial cell median ≤ {target:.2f} s — {verdict} ({rows[2][1]:.3f} s, "
+    verdict = "meets" if cell <= target else "MISSES"
+    print(f"\ntarget: trivial cell median ≤ {target:.2f} s — {verdict} ({cell:.3f} s, "
           f"{args.runs} runs, {os.cpu_count()} cores)")
+    # the figures move with what else the machine runs: say how busy it was
+    after = os.getloadavg()
+    print(f"load average (1 min) before / after: {load[0]:.2f} / {after[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ class Runner:
     def digest(self, value: Any) -> str | None:
         return serialize.state_digest(value, self.dump_options())
 
-    def changes(self, before: dict[str, str | None]) -> Changes:
+    def what_changed(self, before: dict[str, str | None]) -> Changes:
+        """What the cell did to its namespace (:func:`._outputs.changes`)."""
         real = self.shell._real
         injected = getattr(real, "user_ns_hidden", {}) if real is not None else {}
         return changes(self.ns, self.inputs, before, self.digest, injected,
@@ -160,7 +161,7 @@ class Runner:
             if drew:
                 found["drew"] = True
             write_result(self.paths, self.key, self.dump_options(), self.inputs,
-                         self.changes(before), last, has_last, exc, self.filename, found,
+                         self.what_changed(before), last, has_last, exc, self.filename, found,
                          figures, nested)
         except Terminated as t:
             return Outcome(signum=t.signum, phase=phase)
