@@ -99,9 +99,12 @@ class JobsHandler(_Handler):
         await self._run(api.refresh_active)  # jobs whose kernel is gone still move on
         jobs = await self._run(api.list_jobs, parsed or None, profile, limit)
         paths = await self._notebook_paths(jobs)
-        # a listing carries a preview of each cell, not its source (that comes with one job)
+        sweeps = await self._run(api.journal().sweeps_of, [j.id for j in jobs])
+        # a listing carries a preview of each cell, not its source (that comes with one job);
+        # a sweep's element names its sweep (the sidebar shows a sweep as one row)
         self._reply({"now": time.time(), "jobs": [
-            {**job_json(job), "notebook_path": paths.get(job.id, "")} for job in jobs]})
+            {**job_json(job), "notebook_path": paths.get(job.id, ""),
+             **({"sweep": sweeps[job.id]} if job.id in sweeps else {})} for job in jobs]})
 
     async def _notebook_paths(self, jobs: list[JobRecord]) -> dict[str, str]:
         """Each job's notebook as a path under the server's root (what the frontend opens).

@@ -67,6 +67,16 @@ export interface IJob {
   error?: IJobError;
   /** why it did not complete, in words (failed jobs) */
   explanation?: string;
+  /** the sweep this job is an element of (listings only) */
+  sweep?: ISweepRef;
+}
+
+/** A sweep element's sweep: one journal record grouping the elements' jobs. */
+export interface ISweepRef {
+  id: string;
+  name: string;
+  size: number;
+  index: number;
 }
 
 export interface IJobList {

@@ -207,6 +207,77 @@ class JobRow {
   }
 }
 
+/** A sweep's state from its elements': active while any is, failed if any did not complete. */
+export function sweepState(states: JobState[]): JobState {
+  if (states.some(s => s === 'running')) {
+    return 'running';
+  }
+  if (states.some(s => s === 'pending')) {
+    return 'pending';
+  }
+  return states.every(s => s === 'completed') ? 'completed' : 'failed';
+}
+
+/** A sweep: one row (name, state, counts by state) whose element rows unfold below it. */
+class SweepRow {
+  readonly node = element('li', 'cj-Sweep', 'cj-sweep');
+  readonly elements = element('ul', 'cj-Sweep-elements', 'cj-sweep-elements');
+  private _toggle = element('button', 'cj-Sweep-toggle', 'cj-sweep-toggle');
+  private _name = element('span', 'cj-Job-name', 'cj-sweep-name');
+  private _badge = element('span', 'cj-Badge', 'cj-sweep-state');
+  private _counts = element('div', 'cj-Job-meta', 'cj-sweep-counts');
+
+  constructor(
+    readonly id: string,
+    private _expanded: Set<string>
+  ) {
+    const top = element('div', 'cj-Job-top');
+    top.append(this._toggle, this._name, this._badge);
+    this.node.append(top, this._counts, this.elements);
+    this.node.dataset.sweepId = id;
+    this._toggle.addEventListener('click', () => this.expanded = !this.expanded);
+    top.addEventListener('click', event => {
+      if (event.target !== this._toggle) {
+        this.expanded = !this.expanded;
+      }
+    });
+    this.expanded = this.expanded; // draw the toggle
+  }
+
+  get expanded(): boolean {
+    return this._expanded.has(this.id);
+  }
+
+  set expanded(value: boolean) {
+    if (value) {
+      this._expanded.add(this.id);
+    } else {
+      this._expanded.delete(this.id);
+    }
+    this.elements.hidden = !value;
+    this._toggle.textContent = value ? '▾' : '▸';
+    this._toggle.title = value ? 'Hide the elements' : "Show each element's state";
+    this._toggle.setAttribute('aria-expanded', String(value));
+  }
+
+  update(jobs: IJob[]): void {
+    const ref = jobs[0].sweep!;
+    const state = sweepState(jobs.map(j => j.state));
+    this.node.dataset.state = state;
+    this._name.textContent = ref.name;
+    this._name.title = `sweep ${ref.id} of ${ref.size} elements (%cluster sweep ${ref.id.slice(0, 8)})`;
+    this._badge.textContent = `sweep ${stateLabel(state)}`;
+    this._badge.className = `cj-Badge cj-Badge-${state}`;
+    const counts = new Map<string, number>();
+    for (const job of jobs) {
+      counts.set(job.state, (counts.get(job.state) ?? 0) + 1);
+    }
+    const parts = [...counts].map(([s, n]) => `${n} ${stateLabel(s as JobState)}`);
+    const listed = jobs.length < ref.size ? ` (${jobs.length} listed)` : '';
+    this._counts.textContent = `${ref.id.slice(0, 8)} · ${ref.size} elements${listed}: ${parts.join(' · ')}`;
+  }
+}
+
 /** The sidebar panel. */
 export class JobsPanel extends Widget {
   private _filter = element('select', 'cj-Filter', 'cj-state-filter');
@@ -222,6 +293,8 @@ export class JobsPanel extends Widget {
   private _tabs = new Map<View, HTMLButtonElement>();
   private _rows = new Map<string, JobRow>();
   private _groups = new Map<string, HTMLElement>();
+  private _sweeps = new Map<string, SweepRow>();
+  private _expanded = new Set<string>();
   private _poll: Poll;
   private _ticker: number;
   private _selected: IJob | null = null;
@@ -403,7 +476,32 @@ export class JobsPanel extends Widget {
         this._list.insertBefore(group, this._list.children[gi] ?? null);
       }
       const ul = group.querySelector('ul')!;
-      byGroup.get(path)!.forEach((job, index) => {
+      // a sweep's elements are one row, where its newest element would be
+      const items: Array<IJob | SweepRow> = [];
+      const elements = new Map<string, IJob[]>();
+      for (const job of byGroup.get(path)!) {
+        const sweep = job.sweep;
+        if (!sweep) {
+          items.push(job);
+          continue;
+        }
+        if (!elements.has(sweep.id)) {
+          elements.set(sweep.id, []);
+          let srow = this._sweeps.get(sweep.id);
+          if (!srow) {
+            srow = new SweepRow(sweep.id, this._expanded);
+            this._sweeps.set(sweep.id, srow);
+          }
+          items.push(srow);
+        }
+        elements.get(sweep.id)!.push(job);
+      }
+      const place = (list: HTMLElement, node: HTMLElement, index: number): void => {
+        if (list.children[index] !== node) {
+          list.insertBefore(node, list.children[index] ?? null);
+        }
+      };
+      const jobRow = (job: IJob): JobRow => {
         let row = this._rows.get(job.id);
         if (row) {
           row.update(job);
@@ -417,26 +515,52 @@ export class JobsPanel extends Widget {
           this._rows.set(job.id, row);
         }
         row.selected = job.id === this._selected?.id;
-        if (ul.children[index] !== row.node) {
-          ul.insertBefore(row.node, ul.children[index] ?? null);
+        return row;
+      };
+      items.forEach((item, index) => {
+        if (item instanceof SweepRow) {
+          place(ul, item.node, index);
+          const members = elements.get(item.id)!.sort((a, b) => a.sweep!.index - b.sweep!.index);
+          item.update(members);
+          members.forEach((job, i) => {
+            place(item.elements, jobRow(job).node, i);
+            this._follow(job);
+          });
+          return;
         }
-        if (job.id === this._selected?.id) {
-          const ended = isActive(this._selected.state) && !isActive(job.state);
-          this._selected = job;
-          if (ended) {
-            this._logsComplete = false;
-            if (failed(job)) {
-              this._setView('error');
-            }
-          }
-        }
+        const job = item;
+        place(ul, jobRow(job).node, index);
+        this._follow(job);
       });
+      // rows of sweeps no longer listed here
+      for (let i = ul.children.length - 1; i >= items.length; i--) {
+        ul.children[i].remove();
+      }
     });
+    for (const [id, srow] of this._sweeps) {
+      if (!srow.node.isConnected) {
+        this._sweeps.delete(id);
+      }
+    }
     this._empty.hidden = jobs.length > 0;
     const states = this._states;
     this._empty.textContent = states.length
       ? `No ${states.map(stateLabel).join(' or ')} jobs.`
       : 'No cluster jobs yet. Run a cell with %%cluster to submit one.';
+  }
+
+  /** The selected job's details follow its record (to its error view when it fails). */
+  private _follow(job: IJob): void {
+    if (job.id === this._selected?.id) {
+      const ended = isActive(this._selected.state) && !isActive(job.state);
+      this._selected = job;
+      if (ended) {
+        this._logsComplete = false;
+        if (failed(job)) {
+          this._setView('error');
+        }
+      }
+    }
   }
 
   /** A click on a job: its details here, and its cell in the notebook. */

@@ -315,3 +315,60 @@ def test_sidebar_failure_grouping_navigation_rename_queue_and_clear(page: Page, 
     page.get_by_test_id("cj-clear-finished").click()
     expect(page.locator(f'{PANEL} [data-testid="cj-job"]')).to_have_count(0)
     assert api.get_job(fail_id).state is JobState.FAILED
+
+
+def test_sweep_is_one_expandable_row(page: Page, lab) -> None:
+    """A sweep's elements (one journal record grouping their jobs) are one row with its state
+    and counts, unfolding into one row per element with its own state and logs."""
+    sweep_id = uuid.uuid4().hex[:24]
+    j = api.journal()
+    j.add_sweep({"id": sweep_id, "name": "grid", "profile": "local", "created": time.time(),
+                 "size": 3, "axes": ["alpha"], "outputs": ["score"], "params": b"",
+                 "params_mac": ""})
+    now = time.time()
+    recs = []
+    for i, (state, extra) in enumerate([
+            (JobState.COMPLETED, {"finished": now, "exit_code": 0}),
+            (JobState.FAILED, {"finished": now, "exit_code": 1,
+                               "reason": "ValueError: alpha too large"}),
+            (JobState.RUNNING, {})]):
+        job_id = f"{sweep_id}{i:08x}"
+        recs.append(JobRecord(id=job_id, name=f"grid[{i}]", profile="local", scheduler="local",
+                              state=state, submitted=now, cell="score = alpha", started=now,
+                              job_dir=JobPaths(paths.local_work_root(), job_id).dir, **extra))
+    j.add_jobs(recs, sweep_id, 0, [0, 1, 2])
+    os.makedirs(recs[0].job_dir, mode=0o700)
+    with open(JobPaths(paths.local_work_root(), recs[0].id).stdout, "w") as f:
+        f.write("alpha=0.1 score=0.93\n")
+
+    open_lab(page, lab)
+    open_sidebar(page)
+    sweep = page.locator(f'{PANEL} [data-testid="cj-sweep"][data-sweep-id="{sweep_id}"]')
+    expect(sweep.get_by_test_id("cj-sweep-name")).to_have_text("grid")
+    expect(sweep.get_by_test_id("cj-sweep-state")).to_have_text("sweep running")
+    counts = sweep.get_by_test_id("cj-sweep-counts")
+    expect(counts).to_contain_text("3 elements")
+    for word in ("1 completed", "1 failed", "1 running"):
+        expect(counts).to_contain_text(word)
+    # one row for the sweep, its elements folded
+    elements = sweep.get_by_test_id("cj-sweep-elements")
+    expect(elements).to_be_hidden()
+    for rec in recs:
+        assert page.locator(f'{PANEL} > * [data-job-id="{rec.id}"]').count() == 1
+    sweep.get_by_test_id("cj-sweep-toggle").click()
+    expect(elements).to_be_visible()
+    rows = elements.get_by_test_id("cj-job")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0).get_by_test_id("cj-job-name")).to_have_text("grid[0]")
+    expect(rows.nth(1).get_by_test_id("cj-job-state")).to_have_text("failed")
+    expect(rows.nth(1).get_by_test_id("cj-job-reason")).to_contain_text("alpha too large")
+    expect(rows.nth(2).get_by_test_id("cj-job-state")).to_have_text("running")
+    # an element's logs
+    rows.nth(0).click()
+    expect(page.get_by_test_id("cj-log-text")).to_have_text("alpha=0.1 score=0.93\n")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "sidebar-sweep.png"))
+    # the last element ends: the sweep's state follows
+    j.update(recs[2].id, state=JobState.COMPLETED, finished=time.time(), exit_code=0)
+    expect(sweep.get_by_test_id("cj-sweep-state")).to_have_text("sweep failed")
+    expect(sweep).to_have_attribute("data-state", "failed")
