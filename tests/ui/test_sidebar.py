@@ -341,7 +341,7 @@ def test_sweep_is_one_expandable_row(page: Page, lab) -> None:
     with open(JobPaths(paths.local_work_root(), recs[0].id).stdout, "w") as f:
         f.write("alpha=0.1 score=0.93\n")
 
-    open_lab(page, lab)
+    open_lab(page, lab, "lab/workspaces/sweep")  # a workspace of its own: sidebar closed
     open_sidebar(page)
     sweep = page.locator(f'{PANEL} [data-testid="cj-sweep"][data-sweep-id="{sweep_id}"]')
     expect(sweep.get_by_test_id("cj-sweep-name")).to_have_text("grid")
