@@ -74,6 +74,29 @@ def refresh_jobs(records: list[JobRecord],
                 on_error(name, e)
 
 
+def sweep_refs(records: list[JobRecord]) -> dict[str, dict[str, Any]]:
+    """For each of these jobs that is an element of a sweep, its sweep as the front ends show
+    it (one row): id, name, size, the element's index, attempt and ``latest`` (its latest
+    attempt), and over the latest attempts listed here ``state`` (the sweep's one state) and
+    ``counts`` (done, running, pending, failed)."""
+    from .sweep import count, overall_state
+
+    refs = journal().sweeps_of([r.id for r in records])
+    states: dict[str, list[JobState]] = {}
+    for r in records:
+        ref = refs.get(r.id)
+        if ref is not None and ref["latest"]:
+            states.setdefault(ref["id"], []).append(r.state)
+    summary: dict[str, dict[str, Any]] = {}
+    for sweep_id, members in states.items():
+        c = count(members)
+        summary[sweep_id] = {"state": overall_state(c).value, "counts": {
+            "done": c.done, "running": c.running, "pending": c.pending, "failed": c.failed}}
+    for ref in refs.values():
+        ref.update(summary.get(ref["id"], {"state": "", "counts": {}}))
+    return refs
+
+
 def get_job(ref: str) -> JobRecord:
     """One job by id, id prefix, name or native id. Raises KeyError if unknown."""
     return journal().find(ref)

@@ -377,17 +377,21 @@ class Journal:
             f"AND j.state IN ({', '.join('?' * len(states))})", [*sweep_ids, *states])]
 
     def sweeps_of(self, job_ids: builtins.list[str]) -> dict[str, dict[str, Any]]:
-        """For each of these jobs that is an element of a sweep: the sweep's id, name and size
-        and the element's index (what the front ends need to show a sweep as one row)."""
+        """For each of these jobs that is an element of a sweep: the sweep's id, name and size,
+        the element's index and attempt, and whether it is the element's latest attempt (what
+        the front ends need to show a sweep as one row)."""
         out: dict[str, dict[str, Any]] = {}
         ids = builtins.list(job_ids)
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = ids[start:start + 500]
             marks = ", ".join("?" * len(chunk))
-            for job_id, sweep_id, idx, name, size in self._conn().execute(
-                    "SELECT e.job_id, e.sweep_id, e.idx, s.name, s.size FROM sweep_elements e "
-                    f"JOIN sweeps s ON s.id = e.sweep_id WHERE e.job_id IN ({marks})", chunk):
-                out[job_id] = {"id": sweep_id, "name": name, "size": size, "index": idx}
+            for job_id, sweep_id, idx, attempt, name, size, last in self._conn().execute(
+                    "SELECT e.job_id, e.sweep_id, e.idx, e.attempt, s.name, s.size, "
+                    "(SELECT MAX(x.attempt) FROM sweep_elements x WHERE x.sweep_id = e.sweep_id "
+                    "AND x.idx = e.idx) FROM sweep_elements e JOIN sweeps s ON s.id = e.sweep_id "
+                    f"WHERE e.job_id IN ({marks})", chunk):
+                out[job_id] = {"id": sweep_id, "name": name, "size": size, "index": idx,
+                               "attempt": attempt, "latest": attempt == last}
         return out
 
     @property

@@ -459,3 +459,29 @@ async def test_listing_gives_notebook_paths_under_the_root(jp_fetch, jp_root_dir
     paths = {j["id"]: j["notebook_path"] for j in body["jobs"]}
     assert paths[inside.id] == "sub/a.ipynb" and paths[outside.id] == ""
     assert abs(body["now"] - time.time()) < 60
+
+
+async def test_listing_names_each_elements_sweep(jp_fetch):
+    """A sweep's element names its sweep, index and attempt, with the sweep's one state and
+    counts over the latest attempts; an attempt a retry replaced is marked so."""
+    sweep_id = uuid.uuid4().hex[:24]
+    j = api.journal()
+    j.add_sweep({"id": sweep_id, "name": "grid", "profile": "local", "created": time.time(),
+                 "size": 2, "axes": ["a"], "outputs": [], "params": b"", "params_mac": ""})
+    done = add_job(JobState.COMPLETED, name="grid[0]")
+    lost = add_job(JobState.LOST, name="grid[1]")
+    retry = add_job(JobState.RUNNING, name="grid[1]")
+    single = add_job(JobState.FAILED, name="alone")
+    for rec, idx, attempt in ((done, 0, 0), (lost, 1, 0), (retry, 1, 1)):
+        j._conn().execute("INSERT INTO sweep_elements VALUES (?, ?, ?, ?)",
+                          (sweep_id, idx, attempt, rec.id))
+    body = await fetch_json(jp_fetch, "jobs")
+    jobs = {job["id"]: job for job in body["jobs"]}
+    assert "sweep" not in jobs[single.id]
+    ref = jobs[retry.id]["sweep"]
+    assert ref["id"] == sweep_id and ref["name"] == "grid" and ref["size"] == 2
+    assert (ref["index"], ref["attempt"], ref["latest"]) == (1, 1, True)
+    assert ref["state"] == "running" and ref["counts"] == {
+        "done": 1, "running": 1, "pending": 0, "failed": 0}
+    assert jobs[lost.id]["sweep"]["latest"] is False
+    assert jobs[done.id]["sweep"]["state"] == "running"

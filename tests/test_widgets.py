@@ -507,6 +507,33 @@ def test_job_status_display_becomes_static_html(shell: Any, monkeypatch: Any) ->
     assert st.widget is not None and st.widget.comm is None  # the widgets are closed
 
 
+def test_a_sweep_is_one_row_that_unfolds_into_its_elements(shell: Any, panel: Any) -> None:
+    """A sweep run on the local backend: one row in the Jobs tab with its one state and its
+    element counts; its elements, each with its own row (logs, state), unfold below it."""
+    r = shell.run_cell('%%cluster local --sweep "x in [1, 2, 0]" --job swp --name grid\n'
+                       "y = 10 / x")
+    assert r.error_in_exec is None, r
+    sw = shell.user_ns["swp"]
+    assert sw.done() and len(sw.failed()) == 1
+    tab = panel.jobs
+    tab.reload()
+    srow = tab.sweeps[sw.id]
+    assert srow.box in tab.table.children
+    html_ = html.unescape(srow.html.value)
+    assert "grid [3]" in html_ and "2 done" in html_ and "1 failed" in html_
+    assert "cj-failed" in srow.html.value  # some element failed: the sweep's one state
+    ids = {e.job.id for e in sw.elements}
+    # the elements are not rows of the table itself, but below the sweep's row
+    assert all(tab.rows[i].box not in tab.table.children for i in ids)
+    assert [tab.rows[e.job.id].box for e in sw.elements] == list(srow.elements.children)
+    assert srow.elements.layout.display == "none"
+    srow.toggle.click()
+    assert srow.elements.layout.display == "" and srow.toggle.description == "fold"
+    failed = tab.rows[sw.failed()[0].job.id]
+    assert "ZeroDivisionError" in html.unescape(failed.html.value)
+    assert srow.cancel.disabled  # nothing left to cancel
+
+
 def test_panel_display_carries_a_static_alternative(shell: Any) -> None:
     """What a frontend that lost the panel's widget shows instead (see widgets/_fallback.py)."""
     from clusterjupyter.widgets import Panel

@@ -99,7 +99,7 @@ class JobsHandler(_Handler):
         await self._run(api.refresh_active)  # jobs whose kernel is gone still move on
         jobs = await self._run(api.list_jobs, parsed or None, profile, limit)
         paths = await self._notebook_paths(jobs)
-        sweeps = await self._run(api.journal().sweeps_of, [j.id for j in jobs])
+        sweeps = await self._run(api.sweep_refs, jobs)
         # a listing carries a preview of each cell, not its source (that comes with one job);
         # a sweep's element names its sweep (the sidebar shows a sweep as one row)
         self._reply({"now": time.time(), "jobs": [

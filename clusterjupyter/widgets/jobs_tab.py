@@ -9,37 +9,18 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from .. import api
-from ..failure import empty_log, error_of, explain, headline
+from ..failure import empty_log, error_of, headline
 from ..journal import JobRecord
 from ..states import JobState
 from . import _html as H
 from ._kernel import call_when_idle, on_main_thread, route_to_subshell
+from ._table import (BUTTON, BUTTONS_WIDTH, CELL_CLASSES, HEADER_TIPS, HEADERS, TABLE_CSS,
+                     group, row_html, sweep_html, table_cell)
 from ._live import Background, close_tree, hub
 
 if TYPE_CHECKING:
     from .panel import Panel
 
-HEADERS = ("name", "id", "profile", "state", "reason", "elapsed")
-HEADER_TIPS = ("the job's name (--name); its notebook on hover", "the job's id (its first 8 "
-               "digits; %cluster status ID)", "the profile it ran on, with the scheduler's id",
-               "the job's state", "why it is waiting, or why it did not complete",
-               "running time, or time in the queue")
-#: the table's columns follow the width of the table itself (a container query): a narrow
-#: notebook drops the profile column, then the id and the reason (the reason stays in the state's
-#: tooltip and the error view); headers are never cut
-TABLE_CSS = (
-    "<style>.cj-jobs-cell{container-type:inline-size}"
-    ".cj-jobs-grid{grid-template-columns:minmax(5em,2fr) 5.6em minmax(4.5em,1.2fr) 7em "
-    "minmax(0,3fr) 4.6em}"
-    "@container (max-width:46em){.cj-jobs-grid{grid-template-columns:minmax(5em,2fr) 5.6em 7em "
-    "minmax(0,3fr) 4.6em}.cj-jobs-grid>.cj-col-profile{display:none}}"
-    "@container (max-width:30em){.cj-jobs-grid{grid-template-columns:minmax(4em,1fr) 7em 4.6em}"
-    ".cj-jobs-grid>.cj-col-id,.cj-jobs-grid>.cj-col-profile,.cj-jobs-grid>.cj-col-reason"
-    "{display:none}}</style>")
-CELL_CLASSES = tuple(f"cj-col-{h}" for h in HEADERS)
-#: buttons never shrink (a narrow notebook cuts the reason column, never a button)
-BUTTON = W.Layout(width="4.8em", flex="0 0 4.8em", margin="0 1px", padding="0")
-BUTTONS_WIDTH = "calc(14.4em + 6px)"
 #: the panel's own log streams: "error" is why a job failed (kept in the journal)
 VIEWS = ("error", *api.LOG_STREAMS)
 STATE_FILTERS = [("all", ""), ("active", "active"), *[(s.value.replace("_", " "), s.value)
@@ -47,24 +28,49 @@ STATE_FILTERS = [("all", ""), ("active", "active"), *[(s.value.replace("_", " ")
 LOG_TAIL = 400
 
 
-def _row_html(rec: JobRecord) -> str:
-    native = f" #{rec.native_id}" if rec.native_id else ""
-    reason = explain(rec) if rec.state.final and not rec.state.ok else rec.reason
-    if rec.state.ok and rec.result_status == "pushed":
-        reason = (reason + "; " if reason else "") + "result pushed"
-    cells = [H.titled(rec.name, f"{rec.name}\nnotebook: {rec.notebook or '-'}"),
-             H.titled(rec.id[:8], rec.id, code=True),
-             H.titled(f"{rec.profile}{native}", f"{rec.scheduler} job{native}"),
-             f'<span title="{H.esc(reason)}">{H.badge(rec.state)}</span>',
-             H.titled(reason, reason),
-             f'<span style="float:right">{H.esc(H.elapsed_text(rec))}</span>']
-    return H.grid(cells, cls="cj-jobs-grid", cell_classes=CELL_CLASSES)
+class _SweepRow:
+    """A sweep: one row (its state and element counts) whose element rows unfold below."""
 
+    def __init__(self, tab: JobsTab, sweep_id: str):
+        self.id = sweep_id
+        self.expanded = False
+        self.html = table_cell()
+        self.cancel = W.Button(description="cancel", tooltip="cancel every unfinished element "
+                               "(one scheduler command per array)", layout=BUTTON,
+                               _dom_classes=["cj-sweep-cancel"])
+        self.toggle = W.Button(description="expand", tooltip="show each element's state and "
+                               "logs", layout=BUTTON, _dom_classes=["cj-sweep-toggle"])
+        self.push = W.Button(description="push", disabled=True, layout=BUTTON,
+                             tooltip=f"%cluster result {sweep_id[:8]} binds what the finished "
+                             "elements bound, per element")
+        self.cancel.on_click(lambda _b: tab.cancel_sweep(sweep_id))
+        self.toggle.on_click(lambda _b: self.expand(not self.expanded))
+        route_to_subshell(self.cancel, tab.kernel)
+        self.elements = W.VBox([], layout=W.Layout(display="none", margin="0 0 0 1.5em"),
+                               _dom_classes=["cj-sweep-elements"])
+        head = W.HBox([self.html, self.cancel, self.toggle, self.push],
+                      layout=W.Layout(align_items="center", border_bottom=f"1px solid "
+                                      f"{H.BORDER}"), _dom_classes=["cj-sweep-row"])
+        self.box = W.VBox([head, self.elements])
 
-def _table_cell() -> W.HTML:
-    """The HTML part of a table row (its width decides which columns show)."""
-    return W.HTML(layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"),
-                  _dom_classes=["cj-jobs-cell"])
+    def expand(self, value: bool) -> None:
+        self.expanded = value
+        self.elements.layout.display = "" if value else "none"
+        self.toggle.description = "fold" if value else "expand"
+
+    def show(self, ref: dict[str, Any], members: list[JobRecord], rows: list[Any]) -> None:
+        html = sweep_html(ref, members)
+        if self.html.value != html:
+            self.html.value = html
+        active = not JobState.parse(ref["state"]).final
+        if self.cancel.disabled == active:
+            self.cancel.disabled = not active
+        children = tuple(r.box for r in rows)
+        if self.elements.children != children:
+            self.elements.children = children
+
+    def close(self) -> None:
+        close_tree(self.box)
 
 
 def _pushable(rec: JobRecord) -> bool:
@@ -78,7 +84,7 @@ class _Row:
     def __init__(self, tab: JobsTab, rec: JobRecord):
         self.id = rec.id
         self.record = rec
-        self.html = _table_cell()
+        self.html = table_cell()
         self.cancel = W.Button(description="cancel", tooltip="cancel this job", layout=BUTTON,
                                _dom_classes=["cj-row-cancel"])
         self.logs = W.Button(description="logs", tooltip="show this job's logs (live)",
@@ -98,7 +104,7 @@ class _Row:
 
     def show(self, rec: JobRecord) -> None:
         self.record = rec
-        html = _row_html(rec)
+        html = row_html(rec)
         if self.html.value != html:
             self.html.value = html
         active = not rec.state.final
@@ -126,6 +132,7 @@ class JobsTab:
         self.kernel = panel.kernel
         self.limit = limit
         self.rows: dict[str, _Row] = {}
+        self.sweeps: dict[str, _SweepRow] = {}
         self.records: list[JobRecord] = []
         self._next = 0.0
         self._last_active = time.monotonic()
@@ -147,7 +154,7 @@ class JobsTab:
         self.refresh_button.on_click(lambda _b: self.reload())
         route_to_subshell(self.refresh_button, self.kernel)
         heads = [H.titled(h, tip) for h, tip in zip(HEADERS, HEADER_TIPS, strict=True)]
-        head = _table_cell()
+        head = table_cell()
         head.value = TABLE_CSS + H.grid(heads, header=True, cls="cj-jobs-grid",
                                         cell_classes=CELL_CLASSES)
         header = W.HBox([head,
@@ -228,17 +235,33 @@ class JobsTab:
         self._render(recs)
 
     def _render(self, recs: list[JobRecord]) -> None:
+        refs = api.sweep_refs(recs)
+        order, members, shown = group(recs, refs)
         with self.panel.lock:
-            keep = {r.id for r in recs}
+            keep = {r.id for r in shown}
             for job_id in [j for j in self.rows if j not in keep]:
                 self.rows.pop(job_id).close()
-            for r in recs:
+            for sweep_id in [s for s in self.sweeps if s not in members]:
+                self.sweeps.pop(sweep_id).close()
+            for r in shown:
                 row = self.rows.get(r.id)
                 if row is None:
                     self.rows[r.id] = _Row(self, r)
                 else:
                     row.show(r)
-            children = tuple(self.rows[r.id].box for r in recs)
+            boxes = []
+            for key in order:
+                if key not in members:
+                    boxes.append(self.rows[key].box)
+                    continue
+                sweep_id = key
+                els = members[sweep_id]
+                srow = self.sweeps.get(sweep_id)
+                if srow is None:
+                    srow = self.sweeps[sweep_id] = _SweepRow(self, sweep_id)
+                srow.show(refs[els[0].id], els, [self.rows[m.id] for m in els])
+                boxes.append(srow.box)
+            children = tuple(boxes)
             if self.table.children != children:
                 self.table.children = children
             empty = "" if recs else H.message("no jobs in the journal" + (
@@ -289,6 +312,23 @@ class JobsTab:
         if not self._actions.submit(work, on_error=failed):
             # one cancel is under way; run this one in its own worker
             Background("panel-cancel-more").submit(work, on_error=failed)
+
+    def cancel_sweep(self, sweep_id: str) -> None:
+        """Cancel a sweep's unfinished elements (in a worker thread)."""
+        self.say(f"cancelling sweep {sweep_id[:8]}…")
+
+        def work() -> None:
+            from ..sweeps import Sweep
+
+            c = Sweep(sweep_id).cancel()
+            self.say(f"sweep {sweep_id[:8]}: {c.failed} of {c.total} elements did not "
+                     "complete", "ok")
+            hub.poke()
+
+        def failed(e: BaseException) -> None:
+            self.say(f"could not cancel sweep {sweep_id[:8]}: {type(e).__name__}: {e}", "error")
+
+        Background(f"panel-cancel-sweep-{sweep_id[:8]}").submit(work, on_error=failed)
 
     def show_logs(self, job_id: str) -> None:
         """Show (and follow while it runs) the logs of a job; for a failed job, why it failed."""
@@ -402,4 +442,7 @@ class JobsTab:
         for row in self.rows.values():
             row.close()
         self.rows.clear()
+        for srow in self.sweeps.values():
+            srow.close()
+        self.sweeps.clear()
 

@@ -76,7 +76,14 @@ export interface ISweepRef {
   id: string;
   name: string;
   size: number;
+  /** the element's index and attempt (0, then one more per retry) */
   index: number;
+  attempt: number;
+  /** whether this job is its element's latest attempt */
+  latest: boolean;
+  /** the sweep's one state and its counts, over the latest attempts listed */
+  state: JobState;
+  counts: { done?: number; running?: number; pending?: number; failed?: number };
 }
 
 export interface IJobList {

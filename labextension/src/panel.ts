@@ -207,17 +207,6 @@ class JobRow {
   }
 }
 
-/** A sweep's state from its elements': active while any is, failed if any did not complete. */
-export function sweepState(states: JobState[]): JobState {
-  if (states.some(s => s === 'running')) {
-    return 'running';
-  }
-  if (states.some(s => s === 'pending')) {
-    return 'pending';
-  }
-  return states.every(s => s === 'completed') ? 'completed' : 'failed';
-}
-
 /** A sweep: one row (name, state, counts by state) whose element rows unfold below it. */
 class SweepRow {
   readonly node = element('li', 'cj-Sweep', 'cj-sweep');
@@ -262,17 +251,15 @@ class SweepRow {
 
   update(jobs: IJob[]): void {
     const ref = jobs[0].sweep!;
-    const state = sweepState(jobs.map(j => j.state));
+    const state = ref.state;
     this.node.dataset.state = state;
     this._name.textContent = ref.name;
     this._name.title = `sweep ${ref.id} of ${ref.size} elements (%cluster sweep ${ref.id.slice(0, 8)})`;
     this._badge.textContent = `sweep ${stateLabel(state)}`;
     this._badge.className = `cj-Badge cj-Badge-${state}`;
-    const counts = new Map<string, number>();
-    for (const job of jobs) {
-      counts.set(job.state, (counts.get(job.state) ?? 0) + 1);
-    }
-    const parts = [...counts].map(([s, n]) => `${n} ${stateLabel(s as JobState)}`);
+    const parts = (['done', 'running', 'pending', 'failed'] as const)
+      .filter(k => ref.counts[k])
+      .map(k => `${ref.counts[k]} ${k}`);
     const listed = jobs.length < ref.size ? ` (${jobs.length} listed)` : '';
     this._counts.textContent = `${ref.id.slice(0, 8)} · ${ref.size} elements${listed}: ${parts.join(' · ')}`;
   }
@@ -484,6 +471,9 @@ export class JobsPanel extends Widget {
         if (!sweep) {
           items.push(job);
           continue;
+        }
+        if (!sweep.latest) {
+          continue; // an attempt a retry replaced
         }
         if (!elements.has(sweep.id)) {
           elements.set(sweep.id, []);

@@ -326,17 +326,20 @@ def test_sweep_is_one_expandable_row(page: Page, lab) -> None:
                  "size": 3, "axes": ["alpha"], "outputs": ["score"], "params": b"",
                  "params_mac": ""})
     now = time.time()
-    recs = []
-    for i, (state, extra) in enumerate([
-            (JobState.COMPLETED, {"finished": now, "exit_code": 0}),
-            (JobState.FAILED, {"finished": now, "exit_code": 1,
-                               "reason": "ValueError: alpha too large"}),
-            (JobState.RUNNING, {})]):
-        job_id = f"{sweep_id}{i:08x}"
-        recs.append(JobRecord(id=job_id, name=f"grid[{i}]", profile="local", scheduler="local",
-                              state=state, submitted=now, cell="score = alpha", started=now,
-                              job_dir=JobPaths(paths.local_work_root(), job_id).dir, **extra))
-    j.add_jobs(recs, sweep_id, 0, [0, 1, 2])
+
+    def element(i: int, state: JobState, **extra) -> JobRecord:
+        job_id = uuid.uuid4().hex
+        return JobRecord(id=job_id, name=f"grid[{i}]", profile="local", scheduler="local",
+                         state=state, submitted=now, cell="score = alpha", started=now,
+                         job_dir=JobPaths(paths.local_work_root(), job_id).dir, **extra)
+
+    lost = element(1, JobState.LOST, finished=now)
+    recs = [element(0, JobState.COMPLETED, finished=now, exit_code=0),
+            element(1, JobState.FAILED, finished=now, exit_code=1,
+                    reason="ValueError: alpha too large"),
+            element(2, JobState.RUNNING)]
+    j.add_jobs([recs[0], lost, recs[2]], sweep_id, 0, [0, 1, 2])
+    j.add_jobs([recs[1]], sweep_id, 1, [1])  # a retry replaced element 1's lost attempt
     os.makedirs(recs[0].job_dir, mode=0o700)
     with open(JobPaths(paths.local_work_root(), recs[0].id).stdout, "w") as f:
         f.write("alpha=0.1 score=0.93\n")
@@ -348,13 +351,14 @@ def test_sweep_is_one_expandable_row(page: Page, lab) -> None:
     expect(sweep.get_by_test_id("cj-sweep-state")).to_have_text("sweep running")
     counts = sweep.get_by_test_id("cj-sweep-counts")
     expect(counts).to_contain_text("3 elements")
-    for word in ("1 completed", "1 failed", "1 running"):
+    for word in ("1 done", "1 failed", "1 running"):
         expect(counts).to_contain_text(word)
     # one row for the sweep, its elements folded
     elements = sweep.get_by_test_id("cj-sweep-elements")
     expect(elements).to_be_hidden()
     for rec in recs:
-        assert page.locator(f'{PANEL} > * [data-job-id="{rec.id}"]').count() == 1
+        assert page.locator(f'{PANEL} [data-job-id="{rec.id}"]').count() == 1
+    assert page.locator(f'{PANEL} [data-job-id="{lost.id}"]').count() == 0
     sweep.get_by_test_id("cj-sweep-toggle").click()
     expect(elements).to_be_visible()
     rows = elements.get_by_test_id("cj-job")
