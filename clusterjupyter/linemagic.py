@@ -93,7 +93,10 @@ def parse_jobs(rest: str) -> JobsQuery:
         if word == "--active":
             states = ("pending", "running")
         elif word == "--state":
-            states = tuple(next(it, "").split(","))
+            try:
+                states = tuple(JobState.parse(s).value for s in next(it, "").split(","))
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         elif word == "--profile":
             profile = next(it, None)
         elif word == "--limit":
@@ -191,10 +194,8 @@ def cmd_jobs(magics: ClusterMagics, rest: str) -> None:
     from .sweeplist import job_rows
 
     q = parse_jobs(rest)
-    states = _ask(lambda: tuple(JobState.parse(s).value for s in q.states) if q.states
-                  else None)
     # a sweep is one row, with its element counts
-    rows = job_rows(api.journal(), states, q.profile, q.limit, _refresh)
+    rows = job_rows(api.journal(), q.states, q.profile, q.limit, _refresh)
     if not rows:
         print("no jobs in the journal" + (f" for profile {q.profile}" if q.profile else ""))
         return

@@ -90,6 +90,9 @@ def test_subcommand_words_are_read_or_refused_with_the_valid_options():
         ("pending", "running"), "hpc", 5)
     with pytest.raises(UsageError, match="valid: --active"):
         linemagic.parse_jobs("--bogus")
+    assert linemagic.parse_jobs("--state failed,timeout").states == ("failed", "timeout")
+    with pytest.raises(UsageError, match="finished"):
+        linemagic.parse_jobs("--state finished")
     assert linemagic.parse_logs("abc --stderr -n 7") == linemagic.LogsQuery("abc", "stderr", 7)
     with pytest.raises(UsageError, match="whole number"):
         linemagic.parse_logs("abc --tail x")
