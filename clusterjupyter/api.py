@@ -74,27 +74,42 @@ def refresh_jobs(records: list[JobRecord],
                 on_error(name, e)
 
 
-def sweep_refs(records: list[JobRecord]) -> dict[str, dict[str, Any]]:
-    """For each of these jobs that is an element of a sweep, its sweep as the front ends show
-    it (one row): id, name, size, the element's index, attempt and ``latest`` (its latest
-    attempt), and over the latest attempts listed here ``state`` (the sweep's one state) and
-    ``counts`` (done, running, pending, failed)."""
-    from .sweep import count, overall_state
+#: elements of one sweep a listing carries at most (those not completed first)
+PER_SWEEP = 100
 
-    refs = journal().sweeps_of([r.id for r in records])
-    states: dict[str, list[JobState]] = {}
-    for r in records:
-        ref = refs.get(r.id)
-        if ref is not None and ref["latest"]:
-            states.setdefault(ref["id"], []).append(r.state)
-    summary: dict[str, dict[str, Any]] = {}
-    for sweep_id, members in states.items():
-        c = count(members)
-        summary[sweep_id] = {"state": overall_state(c).value, "counts": {
-            "done": c.done, "running": c.running, "pending": c.pending, "failed": c.failed}}
-    for ref in refs.values():
-        ref.update(summary.get(ref["id"], {"state": "", "counts": {}}))
-    return refs
+
+def list_rows(states: tuple[str, ...] | None = None, profile: str | None = None,
+              limit: int = 200, per_sweep: int = PER_SWEEP
+              ) -> tuple[list[JobRecord], dict[str, dict[str, Any]]]:
+    """What the panel and the sidebar list, newest first: the ``limit`` newest jobs that are no
+    sweep's element, and for each of the ``limit`` newest sweeps with an element in ``states``
+    its elements' latest attempts in ``states`` (at most ``per_sweep``, those not completed
+    first). Each element's id maps to its sweep (``refs``): id, name, size, the element's index
+    and attempt, the sweep's one state and its counts over all its elements, how many of them
+    are ``listed``."""
+    from .sweep import overall_state
+    from .sweeplist import sweep_counts
+
+    if states:
+        states = tuple(JobState.parse(s).value for s in states)
+    j = journal()
+    records = j.list(states, profile, limit, singles=True)
+    refs: dict[str, dict[str, Any]] = {}
+    for s in j.sweep_overview(profile, limit):
+        if states and not any(st.value in states for st in s["states"]):
+            continue
+        c = sweep_counts(s["states"])
+        elements = [e for e in j.sweep_latest(s["id"], per_sweep)
+                    if not states or e[2].state.value in states]
+        summary = {"id": s["id"], "name": s["name"], "size": s["size"],
+                   "state": overall_state(c).value, "listed": len(elements), "counts": {
+                       "done": c.done, "running": c.running, "pending": c.pending,
+                       "failed": c.failed}}
+        for idx, attempt, rec in elements:
+            refs[rec.id] = {**summary, "index": idx, "attempt": attempt, "latest": True}
+            records.append(rec)
+    records.sort(key=lambda r: r.submitted, reverse=True)
+    return records, refs
 
 
 def get_job(ref: str) -> JobRecord:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from .errors import AmbiguousJobError, JournalError, UnknownJobError
 from .paths import journal_path
@@ -376,22 +376,20 @@ class Journal:
             f"e.sweep_id IN ({', '.join('?' * len(sweep_ids))}) "
             f"AND j.state IN ({', '.join('?' * len(states))})", [*sweep_ids, *states])]
 
-    def sweeps_of(self, job_ids: builtins.list[str]) -> dict[str, dict[str, Any]]:
-        """For each of these jobs that is an element of a sweep: the sweep's id, name and size,
-        the element's index and attempt, and whether it is the element's latest attempt (what
-        the front ends need to show a sweep as one row)."""
-        out: dict[str, dict[str, Any]] = {}
-        ids = builtins.list(job_ids)
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            chunk = ids[start:start + 500]
-            marks = ", ".join("?" * len(chunk))
-            for job_id, sweep_id, idx, attempt, name, size, last in self._conn().execute(
-                    "SELECT e.job_id, e.sweep_id, e.idx, e.attempt, s.name, s.size, "
-                    "(SELECT MAX(x.attempt) FROM sweep_elements x WHERE x.sweep_id = e.sweep_id "
-                    "AND x.idx = e.idx) FROM sweep_elements e JOIN sweeps s ON s.id = e.sweep_id "
-                    f"WHERE e.job_id IN ({marks})", chunk):
-                out[job_id] = {"id": sweep_id, "name": name, "size": size, "index": idx,
-                               "attempt": attempt, "latest": attempt == last}
+    def sweep_latest(self, sweep_id: str, limit: int | None = None
+                     ) -> builtins.list[tuple[int, int, JobRecord]]:
+        """``(index, attempt, job)`` of each element's latest attempt: those not completed first,
+        then by index (the first ``limit``; all if None) — what the front ends list."""
+        out = []
+        for row in self._conn().execute(
+                "SELECT e.idx AS _idx, e.attempt AS _attempt, j.* FROM sweep_elements e "
+                "JOIN jobs j ON j.id = e.job_id WHERE e.sweep_id = ? AND e.attempt = "
+                "(SELECT MAX(x.attempt) FROM sweep_elements x WHERE x.sweep_id = e.sweep_id "
+                "AND x.idx = e.idx) ORDER BY j.state = 'completed', e.idx LIMIT ?",
+                (sweep_id, -1 if limit is None else limit)):
+            d = dict(row)
+            idx, attempt = d.pop("_idx"), d.pop("_attempt")
+            out.append((idx, attempt, JobRecord.from_row(cast(Any, d))))
         return out
 
     @property

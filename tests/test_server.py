@@ -463,7 +463,7 @@ async def test_listing_gives_notebook_paths_under_the_root(jp_fetch, jp_root_dir
 
 async def test_listing_names_each_elements_sweep(jp_fetch):
     """A sweep's element names its sweep, index and attempt, with the sweep's one state and
-    counts over the latest attempts; an attempt a retry replaced is marked so."""
+    counts over its elements' latest attempts; an attempt a retry replaced is not listed."""
     sweep_id = uuid.uuid4().hex[:24]
     j = api.journal()
     j.add_sweep({"id": sweep_id, "name": "grid", "profile": "local", "created": time.time(),
@@ -483,5 +483,29 @@ async def test_listing_names_each_elements_sweep(jp_fetch):
     assert (ref["index"], ref["attempt"], ref["latest"]) == (1, 1, True)
     assert ref["state"] == "running" and ref["counts"] == {
         "done": 1, "running": 1, "pending": 0, "failed": 0}
-    assert jobs[lost.id]["sweep"]["latest"] is False
-    assert jobs[done.id]["sweep"]["state"] == "running"
+    assert lost.id not in jobs
+    assert jobs[done.id]["sweep"]["state"] == "running" and ref["listed"] == 2
+
+
+def test_a_large_sweep_lists_its_unfinished_elements_first():
+    """However many elements a sweep has, a listing carries at most ``per_sweep`` of them,
+    those not completed first, while its counts cover them all."""
+    sweep_id = uuid.uuid4().hex[:24]
+    j = api.journal()
+    j.add_sweep({"id": sweep_id, "name": "big", "profile": "local", "created": time.time(),
+                 "size": 6, "axes": ["a"], "outputs": [], "params": b"", "params_mac": ""})
+    states = [JobState.COMPLETED] * 4 + [JobState.FAILED, JobState.PENDING]
+    recs = [add_job(s, name=f"big[{i}]") for i, s in enumerate(states)]
+    for i, rec in enumerate(recs):
+        j._conn().execute("INSERT INTO sweep_elements VALUES (?, ?, 0, ?)", (sweep_id, i, rec.id))
+    jobs, refs = api.list_rows(per_sweep=2)
+    listed = [r for r in jobs if r.id in refs and refs[r.id]["id"] == sweep_id]
+    assert {r.name for r in listed} == {"big[4]", "big[5]"}
+    ref = refs[listed[0].id]
+    assert ref["listed"] == 2 and ref["size"] == 6 and ref["state"] == "pending"
+    assert ref["counts"] == {"done": 4, "running": 0, "pending": 1, "failed": 1}
+    # a state filter keeps the sweep's elements in that state (its counts still cover all)
+    jobs, refs = api.list_rows(("failed",), per_sweep=10)
+    assert len({r.id for r in jobs}) == len(jobs)
+    mine = [r for r in jobs if refs.get(r.id, {}).get("id") == sweep_id]
+    assert [r.name for r in mine] == ["big[4]"] and refs[mine[0].id]["counts"]["done"] == 4

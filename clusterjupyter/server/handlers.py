@@ -97,9 +97,8 @@ class JobsHandler(_Handler):
         profile = self.get_argument("profile", "") or None
         limit = self._int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         await self._run(api.refresh_active)  # jobs whose kernel is gone still move on
-        jobs = await self._run(api.list_jobs, parsed or None, profile, limit)
+        jobs, sweeps = await self._run(api.list_rows, parsed or None, profile, limit)
         paths = await self._notebook_paths(jobs)
-        sweeps = await self._run(api.sweep_refs, jobs)
         # a listing carries a preview of each cell, not its source (that comes with one job);
         # a sweep's element names its sweep (the sidebar shows a sweep as one row)
         self._reply({"now": time.time(), "jobs": [

@@ -58,7 +58,7 @@ def sweep_html(ref: dict[str, Any], members: list[JobRecord]) -> str:
     """A sweep's row: its name and size, id, profile, one state, element counts, elapsed."""
     c = ref["counts"]
     counts = " · ".join(f"{c[k]} {k}" for k in ("done", "running", "pending", "failed") if c.get(k))
-    listed = f" ({len(members)} listed)" if len(members) < ref["size"] else ""
+    listed = f" ({ref['listed']} listed)" if ref["listed"] < ref["size"] else ""
     text = f"{ref['size']} elements{listed}: {counts}"
     started = [m.started for m in members if m.started is not None]
     ended = [m.finished for m in members if m.finished is not None]
@@ -83,7 +83,7 @@ def group(recs: list[JobRecord], refs: dict[str, dict[str, Any]]
     """The table's rows (pure): ``order``, job ids and sweep ids, newest first, a sweep where
     its newest element would be; ``members``: each sweep's elements (latest attempts) by index;
     ``shown``: every job that has a row (an attempt a retry replaced has none). ``refs``: from
-    :func:`clusterjupyter.api.sweep_refs`."""
+    :func:`clusterjupyter.api.list_rows`."""
     order: list[str] = []
     members: dict[str, list[JobRecord]] = {}
     shown: list[JobRecord] = []

@@ -224,7 +224,7 @@ class JobsTab:
 
     def _read(self) -> None:
         now = time.monotonic()
-        recs = api.list_jobs(self.states, self.profile_filter.value or None, self.limit)
+        recs, refs = api.list_rows(self.states, self.profile_filter.value or None, self.limit)
         active = [r for r in recs if not r.state.final]
         if active:
             self._last_active = now
@@ -232,10 +232,9 @@ class JobsTab:
         idle = now - self._last_active > self.idle_after
         self._next = now + (self.idle_interval if idle else self.interval)
         self.records = recs
-        self._render(recs)
+        self._render(recs, refs)
 
-    def _render(self, recs: list[JobRecord]) -> None:
-        refs = api.sweep_refs(recs)
+    def _render(self, recs: list[JobRecord], refs: dict[str, dict[str, Any]]) -> None:
         order, members, shown = group(recs, refs)
         with self.panel.lock:
             keep = {r.id for r in shown}

@@ -81,8 +81,10 @@ export interface ISweepRef {
   attempt: number;
   /** whether this job is its element's latest attempt */
   latest: boolean;
-  /** the sweep's one state and its counts, over the latest attempts listed */
+  /** the sweep's one state and its counts, over all its elements' latest attempts */
   state: JobState;
+  /** how many elements the listing carries (those not completed first) */
+  listed: number;
   counts: { done?: number; running?: number; pending?: number; failed?: number };
 }
 
