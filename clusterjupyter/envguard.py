@@ -227,6 +227,46 @@ def job_needs(sub: Any, profile: str) -> tuple[dict[str, tuple[str, str]],
     return pickled, by_cell, used_dill
 
 
+@lru_cache(maxsize=256)
+def _requires(dist: str) -> tuple[str, ...]:
+    """The distributions ``dist`` needs here (its requirements whose markers hold, no
+    extras)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for text in metadata.requires(dist) or ():
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            out.append(req.name)
+    return tuple(out)
+
+
+def shipped_dependencies(shipped: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """``dependency -> (the shipped distribution needing it, its version here)`` for the
+    distributions whose source travels with the job (an editable install's modules)."""
+    out: dict[str, tuple[str, str]] = {}
+    for _mod, (dist, _version) in kernel_side(shipped).items():
+        try:
+            needs = _requires(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        for dep in needs:
+            version = _dist_version(dep)
+            if version:
+                out.setdefault(normalize(dep), (dist, version))
+    return out
+
+
+def dependency_rows(deps: Mapping[str, tuple[str, str]], info: InterpreterInfo) -> list[Row]:
+    """Warnings (pure): a dependency of a shipped distribution that the interpreter lacks.
+    Not refused: a package may import it only where it is used."""
+    return [Row(dep, version, "missing", f"needed by {by}") for dep, (by, version)
+            in sorted(deps.items()) if info.version(dep) is None]
+
+
 def check(info: InterpreterInfo, sub: Any, profile: str, interpreter: str,
           where: str) -> str | None:
     """Raise EnvironmentMismatch when the job cannot load its inputs on ``info``'s interpreter;
@@ -235,6 +275,9 @@ def check(info: InterpreterInfo, sub: Any, profile: str, interpreter: str,
     missing = {m for m in (*pickled, *by_cell) if not info.has_module(m)}
     verdict = compare(_python(), _dist_version("dill"), used_dill, pickled, by_cell, missing,
                       info)
+    shipped = set(getattr(sub.workdir, "module_names", None) or ())
+    if shipped:
+        verdict.rows += dependency_rows(shipped_dependencies(shipped), info)
     if verdict.refused:
         raise EnvironmentMismatch(
             f"the job's interpreter cannot load what this cell needs, so nothing was "
@@ -245,7 +288,10 @@ def check(info: InterpreterInfo, sub: Any, profile: str, interpreter: str,
     if verdict.warned:
         return ("clusterjupyter: versions differ on " + profile + " (the job runs): "
                 + "; ".join(f"{r.package} {r.kernel} here, {r.cluster} there"
-                            for r in verdict.warned))
+                            + (f" ({r.why})" if r.cluster == "missing" else "")
+                            for r in verdict.warned)
+                + (f"; `%cluster env sync {profile}` installs what is missing"
+                   if any(r.cluster == "missing" for r in verdict.warned) else ""))
     return None
 
 

@@ -96,6 +96,15 @@ def test_decisions_refuse_only_what_cannot_load():
     assert "3.10.2" in text and "0.3.8" in text
 
 
+def test_a_shipped_package_s_missing_dependency_is_a_warning():
+    from clusterjupyter.envguard import dependency_rows
+
+    rows = dependency_rows({"tomli-w": ("cj-localpkg", "1.2.0"), "dill": ("x", "0.4.1")},
+                           info(dill="0.4.1"))
+    assert [(r.package, r.cluster, r.why, r.refuse) for r in rows] == \
+        [("tomli-w", "missing", "needed by cj-localpkg", False)]
+
+
 def test_rows_align():
     text = table([Row("numpy", "2.4.6", "1.26.4", "major/minor", True)])
     head, row = text.splitlines()
@@ -531,12 +540,17 @@ INSTALLED = ("from importlib import metadata\ntry:\n    dist = metadata.distribu
 
 
 @pytest.mark.ssh
-def test_sync_ships_an_editable_package_as_a_wheel_built_here(sh, env, localpkg):
-    # its source travels with the job (a local module), but not its dependency nor its install
+def test_sync_ships_an_editable_package_as_a_wheel_built_here(sh, env, localpkg, capfd):
+    # its source travels with the job (a local module), but not its dependency nor its install:
+    # the guard warns (the package may import it lazily), the job fails there
     ok(sh, "import cjlocalpkg")
+    capfd.readouterr()
     res = run(sh, "%%cluster synclocal\nimport os, cjlocalpkg\npid = os.getpid()\n"
                   + INSTALLED)
     assert "No module named 'tomli_w'" in str(res.error_in_exec)
+    warning = next(x for x in capfd.readouterr().err.splitlines() if "versions differ" in x)
+    assert "tomli-w" in warning and "missing there (needed by cj-localpkg)" in warning
+    assert "`%cluster env sync synclocal` installs what is missing" in warning
     out = env_line(sh, "sync synclocal")         # the modules this kernel's cells used
     entry = envsync.active(profile_of("synclocal"))
     assert "local wheel built here: cj-localpkg 0.1.0 (editable" in out
