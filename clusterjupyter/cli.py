@@ -6,7 +6,8 @@ journal, the backends), so a job submitted from any kernel shows here, and what 
 
 Exit codes (for scripts): 0 done; 1 the job did not complete (``status``, ``result``, ``logs``
 of a failed job) or a check failed; 2 bad usage; 3 no such job or profile; 4 the cluster could
-not be reached or refused the command.
+not be reached or refused the command. ``env sync`` whose build fails: 1; ``env log`` with no
+environment built: 3.
 """
 
 from __future__ import annotations
@@ -278,6 +279,31 @@ def cmd_queue(a: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_env(a: argparse.Namespace) -> int:
+    from . import envsync
+    from .backends import backend_for
+
+    if a.json and a.action != "list":
+        raise Exit(USAGE, "--json is for `env list`")
+    if a.action == "sync" and not (a.packages or a.all):
+        raise Exit(USAGE, "from a terminal there are no cells to learn the packages from: name "
+                          "them (--packages numpy,pandas) or take this Python's whole "
+                          "environment (--all)")
+    backend = backend_for(a.profile)
+    if a.json:
+        _print_json({"profile": backend.name, "where": backend.transport.where,
+                     "environments": envsync.list_envs(backend)})
+        return OK
+    packages = [p for p in (a.packages or "").split(",") if p] or None
+    try:
+        envsync.command(backend, a.action, packages, a.all, lambda line: print(line, flush=True))
+    except envsync.NoEnvironment as e:
+        raise Exit(NOT_FOUND, str(e)) from None
+    except envsync.BuildError as e:
+        raise Exit(NOT_OK, str(e)) from None
+    return OK
+
+
 # -- parser -----------------------------------------------------------------------------------
 def _positive(text: str) -> int:
     try:
@@ -338,6 +364,16 @@ def parser() -> argparse.ArgumentParser:
     sp = add("queue", cmd_queue, "the scheduler's queue of a profile", listing=True)
     sp.add_argument("profile", nargs="?", default=None)
     sp.add_argument("--all-users", action="store_true", help="every user's jobs")
+    from .envsync import ACTIONS
+
+    sp = add("env", cmd_env, "environments matching this Python's, built on a profile's cluster: "
+             "sync builds (or finds) one, list, log (its build log), prune (those no profile "
+             "uses), off (back to the profile's python)", listing=True)
+    sp.add_argument("action", choices=ACTIONS)
+    sp.add_argument("profile", nargs="?", default=None)
+    sp.add_argument("--packages", metavar="A,B", help="sync: these distributions of this Python "
+                    "(with their versions here)")
+    sp.add_argument("--all", action="store_true", help="sync: this Python's whole environment")
     return p
 
 

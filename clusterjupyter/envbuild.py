@@ -64,6 +64,10 @@ _LOGIN = _WHERE.format(what=", process $$")
 _JOB = _WHERE.format(what=", job ${SLURM_JOB_ID:-${JOB_ID:-${PBS_JOBID:-?}}}")
 
 
+class BuildError(ClusterError):
+    """The environment's build failed or did not finish (its log says why)."""
+
+
 def mode(profile: Any) -> str:
     return getattr(profile, "env_build", "") or "login"
 
@@ -126,7 +130,7 @@ def follow(backend: Any, transport: Any, d: str, say: Callable[[str], None],
         if marker in done:
             return
         if failed in done:
-            raise ClusterError(f"the environment build failed on {transport.where}; its log "
+            raise BuildError(f"the environment build failed on {transport.where}; its log "
                                f"({log}) ends with:\n{transport.tail(log, 30)}")
         if native and now >= next_query:
             next_query = now + max(poll, 3.0)
@@ -136,7 +140,7 @@ def follow(backend: Any, transport: Any, d: str, say: Callable[[str], None],
                                                           if native and seen else ""))
             said = now
         if now - t0 > timeout:
-            raise ClusterError(f"the environment build did not finish in {timeout:.0f} s; it "
+            raise BuildError(f"the environment build did not finish in {timeout:.0f} s; it "
                                f"goes on there (log: {log})")
         time.sleep(poll)
 
@@ -166,7 +170,7 @@ def _job_progress(backend: Any, transport: Any, d: str, native: str, seen: str,
     transport.write(posixpath.join(d, FAILED), b"")      # a later sync builds it again
     ended = f"ended {st.state.value}" + (f" ({st.reason})" if st.reason else "") if st \
         else "is no longer known to the scheduler"
-    raise ClusterError(f"the build job {native} {ended} without "
+    raise BuildError(f"the build job {native} {ended} without "
                        f"finishing the environment on {transport.where}; its log ({log}) ends "
                        f"with:\n{transport.tail(log, 30)}\n(the scheduler's own output: "
                        f"{JobPaths(d, 'build').scheduler_log})")

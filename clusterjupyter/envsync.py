@@ -31,6 +31,11 @@ from .errors import ClusterError
 ACTIVE_FILE = "synced-envs.json"
 MARKER, FAILED, LOG = envbuild.MARKER, envbuild.FAILED, envbuild.LOG
 Requirements = envreqs.Requirements
+BuildError = envbuild.BuildError
+
+
+class NoEnvironment(ClusterError):
+    """No environment was built for the profile (``env log``)."""
 
 
 # -- which environment a profile uses -----------------------------------------------------------
@@ -284,8 +289,10 @@ def build_log(backend: Any) -> tuple[str, str]:
                                envs_root(backend), check=False)
         path = done.stdout.strip()
         if not path:
-            raise ClusterError(f"no environment was built for profile {backend.name!r} on "
-                               f"{transport.where}; `%cluster env sync {backend.name}` builds one")
+            raise NoEnvironment(f"no environment was built for profile {backend.name!r} on "
+                               f"{transport.where}; `%cluster env sync {backend.name}` (or "
+                                f"`clusterjupyter env sync {backend.name} --packages …`) "
+                                "builds one")
     return path, transport.tail(path, None)
 
 

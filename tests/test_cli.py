@@ -206,3 +206,56 @@ def test_failure_of_a_job_from_an_older_journal(failed: str, home: Path) -> None
     kept = con.execute("SELECT error FROM jobs WHERE id = ?", (failed,)).fetchone()[0]
     con.close()
     assert json.loads(kept)["type"] == "builtins.ValueError"
+
+
+def test_env_sync_list_log_prune_on_a_second_interpreter(tmp_path: Path) -> None:
+    """``clusterjupyter env`` against a local profile whose python is another interpreter (a
+    virtual environment without numpy, shared with tests/test_env.py)."""
+    from importlib.metadata import version
+
+    from helpers import write_profiles
+    from test_env import venv_python
+
+    home = tmp_path / "cj"
+    write_profiles(home, {"envp": {"scheduler": "local", "python": venv_python("nonumpy"),
+                                   "workdir": str(tmp_path / "work")}})
+
+    def env(*args: str) -> subprocess.CompletedProcess:
+        return cli("env", *args, timeout=600, CLUSTERJUPYTER_HOME=str(home))
+
+    p = env("log", "envp")
+    assert p.returncode == 3 and "no environment was built for profile 'envp'" in p.stderr
+    p = env("sync", "envp")
+    assert p.returncode == 2 and "--packages" in p.stderr and "--all" in p.stderr
+    assert env("sync", "envp", "--packages", "packaging", "--json").returncode == 2
+    assert env("list", "no-such-profile").returncode == 3
+    p = env("build", "envp")
+    assert p.returncode == 2 and "sync" in p.stderr and "prune" in p.stderr
+    assert json.loads(env("list", "envp", "--json").stdout)["environments"] == []
+
+    p = env("sync", "envp", "--packages", "packaging")
+    assert p.returncode == 0, p.stderr
+    (e,) = json.loads(env("list", "envp", "--json").stdout)["environments"]
+    assert e["state"] == "ready" and e["active"] is True
+    assert f"packaging=={version('packaging')}" in e["requirements"]
+    assert f"built {e['dir']}" in p.stdout and "s] clusterjupyter: built" in p.stdout  # progress
+    # the environment's interpreter has what was asked, built by a process of its own
+    venv = Path(e["dir"], "venv", "bin", "python")
+    probe = subprocess.run([str(venv), "-c", "import sys, packaging; print(sys.prefix)"],
+                           capture_output=True, text=True, cwd="/", env={"PATH": "/usr/bin"})
+    assert probe.returncode == 0 and probe.stdout.strip() == str(venv.parents[1])
+    p = env("log", "envp")
+    assert p.returncode == 0 and p.stdout.startswith(f"{e['log']}:")
+    assert "Successfully installed" in p.stdout and ", process " in p.stdout
+    p = env("list", "envp")
+    assert f"* {e['digest']} ready" in p.stdout and "dill==" in p.stdout
+    # the health check shows it; a second sync finds it
+    d = json.loads(cli("check", "envp", "--json", CLUSTERJUPYTER_HOME=str(home)).stdout)
+    assert d["environment"]["synced"]["digest"] == e["digest"]
+    p = env("sync", "envp", "--packages", "packaging")
+    assert p.returncode == 0 and "already there" in p.stdout and "building" not in p.stdout
+    # in use: kept by prune; after `off` it goes
+    assert e["dir"] not in env("prune", "envp").stdout and venv.exists()
+    assert env("off", "envp").returncode == 0
+    p = env("prune", "envp")
+    assert p.returncode == 0 and e["dir"] in p.stdout and not Path(e["dir"]).exists()
