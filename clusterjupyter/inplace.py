@@ -81,3 +81,16 @@ def update_in_place(target: Any, new: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+def unchanged(target: Any, new: Any) -> bool:
+    """A pandas object whose new state equals its own: writing it in would only cut the memory
+    it shares with other objects here (its columns, arrays taken from it)."""
+    pd = sys.modules.get("pandas")
+    if pd is None or not isinstance(target, (pd.DataFrame, pd.Series)) \
+            or type(target) is not type(new):
+        return False
+    try:
+        return bool(target.equals(new)) and target.attrs == new.attrs
+    except Exception:
+        return False

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import bundle, serialize
 from .capture import Captured
 from .errors import CaptureError, RemoteError, RemoteTraceback
-from .inplace import update_in_place
+from .inplace import unchanged, update_in_place
 from .jobdir import IntegrityError, JobPaths, blob_mac, check, verify_document
 from ._outputs import EXCEPTION_KEY, FIGURES_KEY, RESULT_KEY
 from .tracebacks import rebuild_traceback
@@ -237,9 +237,11 @@ def load_result(paths: JobPaths, key: bytes, opener: Opener, namespace: dict,  #
             target = bundle.follow(namespace[name], path)
         except Exception:
             return state
-        if bundle.typename(target) != kind or not update_in_place(target, state):
+        if bundle.typename(target) != kind:
             return state
-        return target
+        if unchanged(target, state) or update_in_place(target, state):
+            return target
+        return state
 
     def resolve(name: str) -> Any:
         # a class the cell defined comes with the result; otherwise it is the kernel's own

@@ -285,8 +285,9 @@ def test_objects_inside_containers_stay_shared_after_write_back(shell):
     assert ns["arr"].tolist() == [0, 5, 7] and ns["v"].tolist() == [5, 7]
     assert ns["holder"]["arr"] is ns["arr"] and ns["holder"]["v"] is ns["v"]
     assert list(ns["df"].columns) == ["x", "y"] and ns["frames"]["d"] is ns["df"]
-    ok(shell, "%%cluster\na['k'] = [9]\nbox.items.append(3)")   # a new list, as in the kernel
-    assert ns["a"]["k"] == [9] and ns["a"]["k"] is not ns["inner"]
+    ok(shell, "%%cluster\na['k'] = [9]\nbox.items.append(3)\ngot = frames['d']")
+    assert ns["a"]["k"] == [9] and ns["a"]["k"] is not ns["inner"]   # a new list, as here
+    assert ns["got"] is ns["df"] and list(ns["df"].columns) == ["x", "y"]
     assert ns["inner"] == [1, 2, 3] and ns["b"][0] is ns["inner"] is ns["box"].items
 
 
