@@ -500,6 +500,26 @@ def test_real_kernel_shows_outputs_in_the_kernels_order(tmp_path):
         (kind, (ename, tb)), = cell("%%cluster\nf(0)")
         assert kind == "error" and ename == "ZeroDivisionError"
         assert "run_cell_magic" not in tb and ", in f(x)" in tb and "return 1 / x" in tb
+
+        def form(out: list[tuple[str, object]]) -> list[tuple[str, object]]:
+            return [(k, v[0] if k == "error" else  # type: ignore[index]
+                     re.sub(r" at 0x[0-9a-f]+", "", v) if isinstance(v, str) else v)
+                    for k, v in out]
+
+        cell("%config InlineBackend.figure_format = 'png'")
+        missing = "%reload_ext no_such_extension_cj\n%no_such_magic_cj numpy"
+        assert form(cell("%%cluster\n" + missing)) == form(cell(missing)) == [
+            ("error", "ModuleNotFoundError")]
+        bad = "fig, ax = plt.subplots()\nax.set_title(r'$\\frac{$');"
+        here = form(cell(bad))
+        assert form(cell("%%cluster\n" + bad)) == here and here[-1] == (
+            "display_data", ["text/plain"]) and "_draw_all_if_interactive" in str(here[0])
+        left_open = ["import matplotlib\nmatplotlib.use('svg')\nimport matplotlib.pyplot as plt\n"
+                     "plt.plot([1, 2])\nplt.savefig('a.svg')", "%matplotlib inline",
+                     "plt.figure()\nplt.plot([3, 1]);"]
+        here = [cell(c) for c in left_open]
+        there = [cell("%%cluster\n" + c) for c in left_open]
+        assert there == here and here[2] == [("display_data", ["image/png", "text/plain"])] * 2
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
