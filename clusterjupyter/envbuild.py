@@ -5,14 +5,17 @@ profile's prelude and environment variables. It writes everything to ``build.log
 ``%cluster env list`` and the health check show it), ``.complete`` last, ``.failed`` when a
 step fails. The profile's ``env_build`` says where it runs:
 
-* ``"login"`` (default): a detached process on the login host (it survives the kernel);
+* ``"login"`` (default): a detached process on the login host (it survives the kernel); it
+  writes its host, pid and process group to ``build.pid``, so that a sync can tell a build
+  that goes on from one whose process died (:func:`builder`);
 * ``"job"``: a job of the profile's scheduler with the profile's default resources (for
   clusters whose login hosts forbid heavy work, or whose compute nodes differ). Its id is kept
   in ``job.id``; the scheduler's own output goes to ``jobs/build/scheduler.log``.
 
 :func:`follow` shows the log's new lines with the time elapsed while it builds, a line when
-nothing was written for a while, and for a job its queue state; a job that ends without
-``.complete`` fails with the log's tail and the scheduler's reason.
+nothing was written for a while, and for a job its queue state; a job that ends, or a
+login-host process that dies, without ``.complete`` fails with the log's tail (and the
+scheduler's reason).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from . import envprobe
 from .errors import ClusterError
@@ -60,7 +63,35 @@ venv/bin/python -c "import sys; print('clusterjupyter: built', sys.version.split
 touch .complete
 """
 _WHERE = 'echo "clusterjupyter: build on $(hostname)' + '{what}, $(date -u +%FT%TZ)"'
-_LOGIN = _WHERE.format(what=", process $$")
+#: the login-host builder records its host, pid and process group ($1: the environment's
+#: directory) so that a sync can tell a build that goes on from one whose process died
+_LOGIN = _WHERE.format(what=", process $$") + (
+    '\nprintf "%s %s %s\\n" "$(hostname)" $$ "$(ps -o pgid= -p $$ 2>/dev/null | tr -d " ")" '
+    '>"$1/build.pid"')
+BUILDER = "build.pid"
+#: $1 = environment directory. Prints ``alive|dead|elsewhere|unknown|ended HOST PID``. A dead
+#: builder (no such process, or its pid now another program's) without .complete nor .failed:
+#: what it left running (its process group) is stopped, the log says so and .failed is
+#: written, so that the next sync builds it again.
+_CHECK = r"""
+d=$1; host=; pid=; pgid=
+[ ! -r "$d/build.pid" ] || read -r host pid pgid < "$d/build.pid"
+[ -n "$pid" ] || { echo unknown; exit 0; }
+[ "$host" = "$(hostname)" ] || { echo elsewhere "$host" "$pid"; exit 0; }
+if kill -0 "$pid" 2>/dev/null; then
+  if [ ! -r "/proc/$pid/cmdline" ] || tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$d"
+  then echo alive "$host" "$pid"; exit 0; fi
+elif [ "$pgid" = "$pid" ] && kill -0 "-$pid" 2>/dev/null; then
+  kill -TERM "-$pid" 2>/dev/null
+  i=0; while kill -0 "-$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  kill -KILL "-$pid" 2>/dev/null
+fi
+if [ -e "$d/.complete" ] || [ -e "$d/.failed" ]; then echo ended "$host" "$pid"; exit 0; fi
+echo "clusterjupyter: the build's process $pid on $host is gone without finishing" \
+  "(killed?), $(date -u +%FT%TZ); marked failed" >>"$d/build.log"
+: >"$d/.failed"
+echo dead "$host" "$pid"
+"""
 _JOB = _WHERE.format(what=", job ${SLURM_JOB_ID:-${JOB_ID:-${PBS_JOBID:-?}}}")
 
 
@@ -99,6 +130,26 @@ def start(backend: Any, transport: Any, d: str, base: str, minor: str, offline: 
     return native
 
 
+class Builder(NamedTuple):
+    """What became of a login-host build's process (:data:`_CHECK`)."""
+
+    state: str          # alive | dead | elsewhere | unknown | ended
+    host: str = ""
+    pid: str = ""
+
+    def __str__(self) -> str:
+        return f"process {self.pid} on {self.host}"
+
+
+def builder(transport: Any, d: str) -> Builder:
+    """Whether the process building ``d`` on the login host still runs; a dead one's build is
+    marked failed (see :data:`_CHECK`)."""
+    done = transport.shell(_CHECK, d, check=False)
+    words = (done.stdout.split() or ["unknown"])[:3]
+    return Builder(*words) if words[0] in ("alive", "dead", "elsewhere", "ended") \
+        else Builder("unknown")
+
+
 def job_of(transport: Any, d: str) -> str | None:
     """The native id of the job building ``d``, if it was built as a job."""
     try:
@@ -114,7 +165,7 @@ def follow(backend: Any, transport: Any, d: str, say: Callable[[str], None],
     log, marker, failed = (posixpath.join(d, n) for n in (LOG, MARKER, FAILED))
     t0 = time.monotonic()
     offset, said, seen = 0, t0, ""
-    next_query = t0
+    next_query, watched = t0, ""
     while True:
         done = transport.existing([marker, failed])
         try:
@@ -132,9 +183,12 @@ def follow(backend: Any, transport: Any, d: str, say: Callable[[str], None],
         if failed in done:
             raise BuildError(f"the environment build failed on {transport.where}; its log "
                                f"({log}) ends with:\n{transport.tail(log, 30)}")
-        if native and now >= next_query:
+        if now >= next_query:
             next_query = now + max(poll, 3.0)
-            seen = _job_progress(backend, transport, d, native, seen, say)
+            if native:
+                seen = _job_progress(backend, transport, d, native, seen, say)
+            else:
+                watched = _watch(transport, d, watched, say)
         if now - said >= QUIET:
             say(f"  [{now - t0:5.0f} s] still building" + (f" (job {native}: {seen})"
                                                           if native and seen else ""))
@@ -143,6 +197,20 @@ def follow(backend: Any, transport: Any, d: str, say: Callable[[str], None],
             raise BuildError(f"the environment build did not finish in {timeout:.0f} s; it "
                                f"goes on there (log: {log})")
         time.sleep(poll)
+
+
+def _watch(transport: Any, d: str, watched: str, say: Callable[[str], None]) -> str:
+    """Check the login-host builder; raise when it died without finishing."""
+    b = builder(transport, d)
+    if b.state == "elsewhere" and watched != "elsewhere":
+        say(f"  the build's {b} is not on the host this connection reaches "
+            f"({transport.where}): it cannot be watched")
+    if b.state == "dead":
+        log = posixpath.join(d, LOG)
+        raise BuildError(f"the environment build's {b} ended without finishing it (killed, "
+                         f"or out of memory?); the next sync builds it again. Its log ({log}) "
+                         f"ends with:\n{transport.tail(log, 30)}")
+    return b.state
 
 
 def _job_progress(backend: Any, transport: Any, d: str, native: str, seen: str,

@@ -114,6 +114,12 @@ def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
     built = marker not in state
     native = None
     if built:
+        if d in state and failed not in state and envbuild.job_of(transport, d) is None:
+            gone = envbuild.builder(transport, d)     # a login-host build: does it go on?
+            if gone.state == "dead":
+                say(f"the build of {reqs.digest} ({gone}) ended without finishing it; "
+                    "building it again")
+                state.add(failed)
         if failed in state:
             transport.remove_tree(d)
             state = set()

@@ -242,6 +242,7 @@ def env(tmp_path_factory, clusters, venvs):
         # same work root: finds the environment "syncold" built, by its requirements' hash
         "autosync": ssh_profile(ssh, base / "sync", python=venvs["nonumpy"],
                                 environment="sync"),
+        "killed": ssh_profile(ssh, base / "killed", python=venvs["nonumpy"]),
     }
     e, mp = make_env(tmp_path_factory, "env", profiles)
     envprobe.forget()
@@ -476,6 +477,89 @@ def test_ship_runner_off_without_the_package_says_what_to_set(sh, env, venvs, mo
 def test_env_command_names_its_actions(sh):
     res = run(sh, "%cluster env build old")
     assert res.error_in_exec is not None and "sync|list|prune|off|log" in str(res.error_in_exec)
+
+
+def test_a_builder_is_alive_elsewhere_or_dead_by_its_pid_file(tmp_path):
+    """The login-host builder check against real processes on this machine."""
+    import signal
+
+    from clusterjupyter import envbuild
+    from clusterjupyter.transports.local import LocalTransport
+
+    t, d = LocalTransport(), tmp_path / "env"
+    d.mkdir()
+    assert envbuild.builder(t, str(d)).state == "unknown"          # not started yet
+    proc = subprocess.Popen(["sh", "-c", "sleep 60", "sh", str(d)], start_new_session=True)
+    host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+    (d / "build.pid").write_text(f"{host} {proc.pid} {proc.pid}\n")
+    assert envbuild.builder(t, str(d)) == ("alive", host, str(proc.pid))
+    (d / "build.pid").write_text(f"other-login-host {proc.pid} {proc.pid}\n")
+    assert envbuild.builder(t, str(d)).state == "elsewhere"
+    (d / "build.pid").write_text(f"{host} {os.getpid()} {os.getpid()}\n")   # a pid reused
+    assert envbuild.builder(t, str(d)).state == "dead"
+    (d / ".failed").unlink()
+    (d / "build.pid").write_text(f"{host} {proc.pid} {proc.pid}\n")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert envbuild.builder(t, str(d)) == ("dead", host, str(proc.pid))
+    assert (d / ".failed").exists() and "gone without finishing" in (d / "build.log").read_text()
+    assert envbuild.builder(t, str(d)).state == "ended"               # marked once
+
+
+def _sync_killed_mid_build(workdir: Path, also_the_command: bool = False, before: str = ""):
+    """``clusterjupyter env sync killed`` in its own process; once the build's process runs pip
+    there, SIGKILL it (and the command too: a kernel gone with it); ``before``: the pid of a
+    build killed earlier in the same directory. ``(exit code, stderr, pid)``."""
+    import signal
+
+    from helpers import wait_for
+
+    cmd = subprocess.Popen([sys.executable, "-m", "clusterjupyter.cli", "env", "sync", "killed",
+                            "--packages", "packaging"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+
+    def building():
+        for pidfile in workdir.glob("envs/*/build.pid"):
+            log = pidfile.with_name("build.log")
+            words = pidfile.read_text().split()
+            if len(words) == 3 and words[1] != before and log.exists() \
+                    and "pip install" in log.read_text():
+                return words
+        return None
+
+    host, pid, pgid = wait_for(building, 120, "the build to run pip", step=0.02)
+    assert pid == pgid                      # its own process group, with pip in it
+    if also_the_command:
+        cmd.kill()
+    os.kill(int(pid), signal.SIGKILL)
+    _, err = cmd.communicate(timeout=120)
+    return cmd.returncode, err, int(pid)
+
+
+@pytest.mark.ssh
+def test_a_login_build_whose_process_is_killed_fails_the_sync_and_the_next_rebuilds(sh, env):
+    workdir = Path(env.profiles["killed"]["workdir"])
+    code, err, pid = _sync_killed_mid_build(workdir)
+    assert code == 1, err
+    d = next(workdir.glob("envs/*"))
+    assert (d / ".failed").exists() and not (d / ".complete").exists()
+    assert f"the environment build's process {pid} on " in err and "ended without" in err
+    assert "clusterjupyter: plan: " in err and "pip install" in err          # the log's tail
+    assert f"process {pid} on " in (d / "build.log").read_text().splitlines()[-1]
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)                   # what it left running (pip) was stopped
+    assert " failed " in env_line(sh, "list killed")
+    # the next sync builds again; its builder dies with the command: nothing marks it failed,
+    # and the sync after finds the dead builder and builds again
+    code, _, pid = _sync_killed_mid_build(workdir, True, str(pid))
+    assert code == -9 and not (d / ".failed").exists()
+    out = env_line(sh, "sync killed --packages packaging")
+    assert f"(process {pid} on " in out and "ended without finishing it; building it again" in out
+    entry = envsync.active(profile_of("killed"))
+    assert entry["dir"] == str(d) and (d / ".complete").exists()
+    assert "gone without finishing" not in (d / "build.log").read_text()
+    ok(sh, "%%cluster killed\nimport sys, packaging\nexe9 = sys.executable")
+    assert sh.user_ns["exe9"] == entry["python"]
 
 
 # -- local and editable packages ----------------------------------------------------------------
