@@ -284,8 +284,7 @@ def test_slurm_element_over_its_time_limit_then_retry(slurm_env, tmp_path):
 
 # -- Grid Engine --------------------------------------------------------------------------------
 
-@pytest.mark.sge
-def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
+def _sge_profile(cj_home, monkeypatch) -> None:
     sge = ensure("sge")["sge"]
     monkeypatch.delenv("SGE_ROOT", raising=False)
     monkeypatch.delenv("SGE_CELL", raising=False)
@@ -293,6 +292,34 @@ def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
             "command_env": {"SGE_ROOT": sge["sge_root"], "SGE_CELL": sge["sge_cell"]}}
     write_profiles(cj_home, {"sge": {"scheduler": "sge", "scheduler_options": opts,
                                      "resources": {"partition": sge["queue"]}}})
+
+
+@pytest.mark.sge
+def test_sge_element_over_its_time_limit_then_retry(cj_home, monkeypatch, tmp_path):
+    """Grid Engine ends the element over its h_rt (--time); the others complete; qacct of
+    the array says how each task ended; the retry gives the full set."""
+    _sge_profile(cj_home, monkeypatch)
+    sh = new_shell()
+    flag = tmp_path / "flag"
+    ok(sh, f"flag = {str(flag)!r}")
+    with capture_output() as cap:
+        ok(sh, '%%cluster sge --time 0:00:08 --sweep "a in range(3)" --job sw\n'
+               'import os, time\nif a == 1 and not os.path.exists(flag):\n'
+               '    time.sleep(120)\nsq = a * a')
+    assert "2 of 3 completed, 1 failed" in cap.stdout, cap.stdout
+    sw = sh.user_ns["sw"]
+    assert [e.state for e in sw.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
+                                              JobState.COMPLETED], sw.summary()
+    assert "time limit" in sw.summary()
+    flag.write_text("")
+    sw.retry()
+    assert sw.wait(300).done == 3, sw.summary()
+    assert sw.results()["sq"]["sq"].tolist() == [0, 1, 4]
+
+
+@pytest.mark.sge
+def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
+    _sge_profile(cj_home, monkeypatch)
     sh = new_shell()
     flag = tmp_path / "flag"
     ok(sh, f"flag = {str(flag)!r}")
@@ -390,6 +417,27 @@ def test_pbs_sweep_one_array_raise_kill_and_retry(pbs_profile, tmp_path):
         ok(sh, f"%cluster result {sw.id[:8]}")
     assert "5 of 5 completed" in cap.stdout
     assert sh.user_ns["sq"]["sq"].tolist() == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.pbs
+def test_pbs_element_over_its_walltime(cj_home, tmp_path):
+    """The wrappers' walltime is SLURM's --time (whole minutes, enforced 0–30 s late)."""
+    pbs = ensure("pbs")["pbs"]
+    write_profiles(cj_home, {"pbs": {"scheduler": "pbs", "python": sys.executable,
+                                     "resources": {"mem": "200M"},
+                                     "scheduler_options": {"bin_dir": pbs["bin_dir"]}}})
+    sh = new_shell()
+    try:
+        with capture_output() as cap:
+            ok(sh, '%%cluster pbs --time 0:00:20 --sweep "a in range(3)" --job sw\n'
+                   'import time\nif a == 1:\n    time.sleep(600)\nsq = a * a')
+    finally:
+        scancel_leftovers()
+    assert "2 of 3 completed, 1 failed" in cap.stdout, cap.stdout
+    sw = sh.user_ns["sw"]
+    assert [e.state for e in sw.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
+                                              JobState.COMPLETED], sw.summary()
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 4]
 
 
 @pytest.mark.pbs
