@@ -180,6 +180,31 @@ def test_local_time_limit_cancel_and_kernel_restart(shell):
     assert Sweep(sid).elements[3].state is JobState.CANCELLED
 
 
+@pytest.mark.ssh
+def test_ssh_host_without_scheduler_sweep(cj_home, tmp_path):
+    """An SSH host without a scheduler: the elements run there under one xargs -P, started
+    over one SSH command; a failed element and its retry as on the local backend."""
+    from helpers import ssh_profile
+
+    ssh = ensure("sshd")["ssh"]
+    write_profiles(cj_home, {"remote": ssh_profile(ssh, tmp_path / "remote")})
+    sh = new_shell()
+    flag = tmp_path / "flag"
+    ok(sh, f"flag = {str(flag)!r}")
+    with capture_output() as cap:
+        ok(sh, '%%cluster remote --max-running 2 --sweep "a in range(4)" --job sw\n'
+               'import os\nif a == 2 and not os.path.exists(flag):\n'
+               '    raise ValueError("two")\nsq = a * a\nppid = os.getppid()')
+    assert "3 of 4 completed, 1 failed" in cap.stdout and "ValueError: two" in cap.stdout
+    sw = sh.user_ns["sw"]
+    assert all(str(tmp_path / "remote") in e.job.record.job_dir for e in sw.elements)
+    assert os.getpid() not in sh.user_ns["ppid"]["ppid"].tolist()
+    flag.write_text("")
+    sw.retry()
+    assert sw.wait(120).done == 4, sw.summary()
+    assert sw.results()["sq"]["sq"].tolist() == [0, 1, 4, 9]
+
+
 # -- SLURM --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
