@@ -126,25 +126,39 @@ def sync(backend: Any, reqs: Requirements, say: Callable[[str], None] = print,
         if d in state:      # being built (by another kernel, or a sync that was interrupted)
             native = envbuild.job_of(transport, d)
         else:
-            for line in reqs.plan():
-                say(line)
-            wheels = ship_wheels(backend, transport, reqs, posixpath.join(d, "wheels"), say,
-                                 offline)
-            transport.write_many({
-                posixpath.join(d, "requirements.txt"): (reqs.text(wheels).encode(), 0o600),
-                posixpath.join(d, "plan.txt"): ("".join(f"{x}\n" for x in reqs.plan())
-                                                .encode(), 0o600)})
-            how = "a process there" if envbuild.mode(profile) == "login" else "a job"
-            say(f"building the environment {reqs.digest} on {transport.where} as {how} (log: "
-                f"{posixpath.join(d, LOG)})")
-            native = envbuild.start(backend, transport, d, base.executable,
-                                    reqs.python_minor, offline, say)
+            native = _start(backend, transport, reqs, d, base.executable, offline, say)
         envbuild.follow(backend, transport, d, say, timeout, poll, native)
     entry = {"dir": d, "python": python, "digest": reqs.digest,
              "requirements": _shown(reqs), "python_minor": reqs.python_minor}
     _set_active(profile, entry)
     envprobe.forget(profile, shlex.quote(python))
     return {**entry, "built": built, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _start(backend: Any, transport: Any, reqs: Requirements, d: str, base: str, offline: bool,
+           say: Callable[[str], None]) -> str | None:
+    """Ship the wheels and requirements into ``d`` and start its build (the job's native id
+    when it runs as a job). Whatever stops this before the build started (a wheel that does
+    not download, a refused submission, an interrupt) removes ``d``: a later sync would
+    otherwise wait for a build that nothing runs."""
+    try:
+        for line in reqs.plan():
+            say(line)
+        wheels = ship_wheels(backend, transport, reqs, posixpath.join(d, "wheels"), say, offline)
+        transport.write_many({
+            posixpath.join(d, "requirements.txt"): (reqs.text(wheels).encode(), 0o600),
+            posixpath.join(d, "plan.txt"): ("".join(f"{x}\n" for x in reqs.plan()).encode(),
+                                            0o600)})
+        how = "a process there" if envbuild.mode(backend.profile) == "login" else "a job"
+        say(f"building the environment {reqs.digest} on {transport.where} as {how} (log: "
+            f"{posixpath.join(d, LOG)})")
+        return envbuild.start(backend, transport, d, base, reqs.python_minor, offline, say)
+    except BaseException:
+        try:
+            transport.remove_tree(d)
+        except Exception:       # the connection that failed: the error above says so
+            pass
+        raise
 
 
 def _shown(reqs: Requirements) -> list[str]:

@@ -729,6 +729,21 @@ def test_a_build_job_that_dies_fails_the_sync_with_its_log(sh, env):
     assert f", job {build_job}, " in env_line(sh, "log slurmjobfail")   # the failed build's
 
 
+@pytest.mark.slurm
+def test_a_refused_build_job_leaves_nothing_a_later_sync_would_wait_for(sh, env, venvs):
+    from helpers import write_profiles
+
+    profiles = dict(env.profiles)
+    profiles["slurmnopart"] = {**env.profiles["slurmjob"], "python": venvs["nonumpy"],
+                               "workdir": str(env.base / "nopart"),
+                               "resources": {"partition": "no-such-partition", "time": "5m"}}
+    write_profiles(env.base / "cj", profiles)
+    for _ in range(2):                      # refused again, not waited for
+        res = run(sh, "%cluster env sync slurmnopart --packages packaging")
+        assert "partition" in str(res.error_in_exec).lower()
+        assert list(Path(env.base, "nopart", "envs").iterdir()) == []
+
+
 @pytest.mark.sge
 def test_sync_builds_as_a_grid_engine_job(sh, env, venvs, monkeypatch):
     from helpers import write_profiles
