@@ -118,3 +118,19 @@ def shell(cj_home, kernel_settings):
     from IPython.core.interactiveshell import InteractiveShell
 
     InteractiveShell.clear_instance()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """IPython registers ``atexit_operations`` for every InteractiveShell it makes, and each one
+    runs a full ``gc.collect()`` when the process exits: with the hundreds of shells the tests
+    make, the test process took minutes to exit after its summary (measured under load). The
+    tests' shells keep nothing worth saving at exit, so their exit work is dropped here."""
+    import atexit
+    import gc
+
+    module = sys.modules.get("IPython.core.interactiveshell")
+    if module is None:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, module.InteractiveShell):
+            atexit.unregister(obj.atexit_operations)
