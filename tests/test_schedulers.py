@@ -370,8 +370,11 @@ def test_options_declared_per_scheduler():
     assert {"bin_dir", "command_env", "sbatch", "squeue", "sacct", "scancel", "scontrol",
             "accounting", "gpu_directive"} == set(SlurmScheduler.valid_options())
     sge = SGEScheduler.valid_options()
-    assert {"qsub", "qstat", "qacct", "qdel", "qhold", "qrls", "history", "pe",
-            "gpu_resource", "accounting_wait"} <= set(sge)      # PBS's options are inherited
+    assert {"qsub", "qstat", "qacct", "qdel", "qhold", "qrls", "pe",
+            "gpu_resource", "accounting_wait"} == set(sge) - {"bin_dir", "command_env"}
+    # PBS's data is inherited, not its qstat -x history or its PBS Pro arrays
+    assert {"history", "arrays"} <= set(PBSScheduler.valid_options())
+    assert not {"history", "arrays"} & set(sge)
     assert "qacct" not in PBSScheduler.valid_options() and not LocalScheduler.valid_options()
     assert "image" in KubernetesScheduler.valid_options()
     assert "bin_dir" not in KubernetesScheduler.valid_options()

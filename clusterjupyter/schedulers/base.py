@@ -133,6 +133,8 @@ class Scheduler(abc.ABC):
                 out[program] = f"path of {program} (wins over bin_dir)"
         for klass in reversed(cls.__mro__):
             out.update(vars(klass).get("option_help", {}))
+            for option in vars(klass).get("options_not_taken", ()):
+                out.pop(option, None)
         return out
 
     # -- the job script ---------------------------------------------------------------------

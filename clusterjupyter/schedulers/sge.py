@@ -58,6 +58,8 @@ class SGEScheduler(PBSScheduler):
         "gpu_resource": 'the complex a GPU request is made with (default "gpu": -l gpu=N)',
         "accounting_wait": "seconds a finished job may wait for its qacct record (default 30)",
     }
+    #: PBS options Grid Engine's commands have no use for (qstat -x, PBS Pro's qsub -J)
+    options_not_taken: ClassVar[tuple[str, ...]] = ("history", "arrays")
     #: qsub takes the output file from the script's directives
     log_on_command_line = False
 
