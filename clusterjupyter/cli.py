@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from . import api
 from .errors import ClusterError, JobFailedError, ProfileError
-from .failure import empty_log, error_of, explain, format_error
+from .failure import empty_log, error_of, format_error, listed_reason
 from .jobs import job_json
 from .journal import JobRecord, format_seconds
 from .states import JobState
@@ -77,7 +77,7 @@ def cmd_jobs(a: argparse.Namespace) -> int:
           f"{'ELAPSED':>8}  REASON")
     for r in recs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.submitted))
-        why = explain(r) if r.state.final and not r.state.ok else r.reason
+        why = listed_reason(r)
         print(f"{r.id[:8]:<9} {r.name[:20]:<20} {r.profile[:10]:<10} "
               f"{(r.native_id or '-')[:9]:<9} {r.state.value:<13} {when:<16} "
               f"{format_seconds(r.elapsed):>8}  {why[:70]}")

@@ -181,6 +181,11 @@ def explain(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
     return _join(why, extra, cell_message=bool(err.get("type")))
 
 
+def listed_reason(rec: JobRecord) -> str:
+    """The reason a listing shows: explained for a job that ended badly, else the scheduler's."""
+    return explain(rec) if rec.state.final and not rec.state.ok else rec.reason
+
+
 def headline(rec: JobRecord, err: dict[str, Any] | None = None) -> str:
     """One line: ``job 1a2b3c4d failed: the cell raised ValueError: bad input``."""
     return f"job {rec.id[:8]} {rec.state.value.replace('_', ' ')}: {explain(rec, err)}"

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .failure import listed_reason
 from .journal import JobRecord, Journal
 from .states import JobState
 from .sweep import Counts, array_label, count, overall_state
@@ -28,7 +29,7 @@ class Row:
 
 def job_row(rec: JobRecord) -> Row:
     return Row(rec.id, rec.name, rec.profile, rec.native_id or "-", rec.state, rec.elapsed,
-               rec.reason, rec.submitted)
+               listed_reason(rec), rec.submitted)
 
 
 def sweep_counts(states: dict[JobState, int]) -> Counts:

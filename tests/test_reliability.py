@@ -401,3 +401,21 @@ def test_time_limit_is_a_timeout_in_a_real_kernel_too(cj_home):
         poller.kill()
         poller.wait()
 
+
+
+def test_every_listing_gives_a_failed_job_the_same_explained_reason():
+    from clusterjupyter.failure import listed_reason
+    from clusterjupyter.journal import JobRecord
+    from clusterjupyter.linemagic import jobs_table
+    from clusterjupyter.sweeplist import job_row
+
+    killed = JobRecord("a1b2c3d4e5", "cell-1", "hpc", "slurm", JobState.FAILED, 100.0, "", "",
+                       reason="exit code 137", native_id="42", exit_code=137)
+    killed.error = {"signal": "SIGKILL"}
+    # the listing's words are the explained ones, not the scheduler's raw exit code
+    assert listed_reason(killed) == "exit code 137 (stopped by SIGKILL)"
+    assert job_row(killed).reason == listed_reason(killed)
+    assert jobs_table([job_row(killed)]).splitlines()[1].endswith(listed_reason(killed))
+    pending = JobRecord("b1b2c3d4e5", "cell-2", "hpc", "slurm", JobState.PENDING, 100.0, "", "",
+                        reason="Priority", native_id="43")
+    assert job_row(pending).reason == "Priority"
