@@ -13,7 +13,8 @@ from typing import Any
 
 from .errors import ProfileError
 
-_MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+#: the power of 1024 each size suffix stands for
+_SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.,:+=@/-]*$")
 #: the longest time limit taken: a year. Schedulers keep limits in 32 bits (SLURM: minutes,
@@ -55,15 +56,23 @@ def parse_time(value: Any) -> int:
     return seconds
 
 
+def size_in(value: Any, unit: int, what: str, hint: str) -> float:
+    """A size in units of ``unit`` bytes (pure): a bare number is already in them; ``"512K"``,
+    ``"1.5G"``, ``"2GiB"``, ``"4GB"`` are powers of 1024. The one parser of sizes in the
+    user's words (memory requests in megabytes, staging limits in bytes)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", str(value).strip().lower())
+    if not m:
+        raise ValueError(f"invalid {what} {value!r}: {hint}")
+    if not m.group(2):
+        return float(m.group(1))
+    return float(m.group(1)) * 1024 ** _SIZE_POWERS[m.group(2)] / unit
+
+
 def parse_mem(value: Any) -> int:
     """Megabytes from ``4096`` (MB), ``"4G"``, ``"500M"``, ``"4GB"``, ``"1.5g"``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        mb = float(value)
-    else:
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", str(value).strip().lower())
-        if not m:
-            raise ValueError(f"invalid memory {value!r}: use a size like 500M, 4G or 4096 (MB)")
-        mb = float(m.group(1)) * _MEM_UNITS[m.group(2)]
+    mb = size_in(value, 1 << 20, "memory", "use a size like 500M, 4G or 4096 (MB)")
     if mb < 1:
         raise ValueError(f"invalid memory {value!r}: must be at least 1M")
     return int(mb)

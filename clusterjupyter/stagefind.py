@@ -8,18 +8,17 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
-import re
 import shlex
 import types
 from typing import Any, Iterable, Mapping
 
 from .errors import ClusterError
+from .resources import size_in
 
 #: defaults of the profile's stage_limit, stage_max_files and return_limit
 DEFAULT_STAGE_LIMIT = 1 << 30
 DEFAULT_STAGE_MAX_FILES = 1000
 DEFAULT_RETURN_LIMIT = 256 << 20
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 #: string literals that name a place but never a file the cell means to read
 _TOO_BROAD = frozenset({"", ".", "./", "..", "/", "~", "-"})
 #: calls whose string arguments are command lines: their words are candidates too
@@ -32,13 +31,7 @@ class StagingError(ClusterError):
 
 def parse_size(value: Any) -> int:
     """Bytes from ``1048576``, ``"512K"``, ``"100M"``, ``"1.5G"``, ``"2GiB"``, ``"1T"``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = float(value)
-    else:
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", str(value).strip().lower())
-        if not m:
-            raise ValueError(f"invalid size {value!r}: use bytes or a size like 512K, 100M, 2G")
-        n = float(m.group(1)) * _UNITS[m.group(2)]
+    n = size_in(value, 1, "size", "use bytes or a size like 512K, 100M, 2G")
     if n < 0:
         raise ValueError(f"invalid size {value!r}: must not be negative")
     return int(n)
