@@ -1,11 +1,16 @@
 """Sweeps: parameter expressions (pure), then real sweeps through a real InteractiveShell on
-the local backend and the real SLURM (one job array per sweep)."""
+the local backend, an SSH host and the real SLURM, Grid Engine and PBS (one job array per sweep);
+a fault every batch scheduler must handle alike is one scenario run on each of them."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from IPython.utils.capture import capture_output
@@ -180,6 +185,28 @@ def test_local_time_limit_cancel_and_kernel_restart(shell):
     assert Sweep(sid).elements[3].state is JobState.CANCELLED
 
 
+# -- a sweep whose element fails until a flag file exists (its retry then succeeds) --------------
+
+def _sweep_until_flag(sh, tmp_path, options: str, when: str, then: str,
+                      more: str = "") -> tuple[Path, str]:
+    """Run ``%%cluster OPTIONS --job sw`` on a cell that does THEN where WHEN holds while the file
+    ``flag`` is missing, and then ``sq = a * a`` and MORE; the flag and the cell's output back."""
+    flag = tmp_path / "flag"
+    ok(sh, f"flag = {str(flag)!r}")
+    with capture_output() as cap:
+        ok(sh, f"%%cluster {options} --job sw\nimport os, time\n"
+               f"if {when} and not os.path.exists(flag):\n    {then}\nsq = a * a\n{more}")
+    return flag, cap.stdout
+
+
+def _retry_gives(sw, flag: Path, sq: list[int]) -> None:
+    """With the flag there, the retry of the failed elements completes the full result set."""
+    flag.write_text("")
+    sw.retry()
+    assert sw.wait(300).done == len(sq), sw.summary()
+    assert sw.results()["sq"]["sq"].tolist() == sq
+
+
 @pytest.mark.ssh
 def test_ssh_host_without_scheduler_sweep(cj_home, tmp_path):
     """An SSH host without a scheduler: the elements run there under one xargs -P, started
@@ -189,20 +216,13 @@ def test_ssh_host_without_scheduler_sweep(cj_home, tmp_path):
     ssh = ensure("sshd")["ssh"]
     write_profiles(cj_home, {"remote": ssh_profile(ssh, tmp_path / "remote")})
     sh = new_shell()
-    flag = tmp_path / "flag"
-    ok(sh, f"flag = {str(flag)!r}")
-    with capture_output() as cap:
-        ok(sh, '%%cluster remote --max-running 2 --sweep "a in range(4)" --job sw\n'
-               'import os\nif a == 2 and not os.path.exists(flag):\n'
-               '    raise ValueError("two")\nsq = a * a\nppid = os.getppid()')
-    assert "3 of 4 completed, 1 failed" in cap.stdout and "ValueError: two" in cap.stdout
+    flag, out = _sweep_until_flag(sh, tmp_path, 'remote --max-running 2 --sweep "a in range(4)"',
+                                  "a == 2", 'raise ValueError("two")', "ppid = os.getppid()")
+    assert "3 of 4 completed, 1 failed" in out and "ValueError: two" in out
     sw = sh.user_ns["sw"]
     assert all(str(tmp_path / "remote") in e.job.record.job_dir for e in sw.elements)
     assert os.getpid() not in sh.user_ns["ppid"]["ppid"].tolist()
-    flag.write_text("")
-    sw.retry()
-    assert sw.wait(120).done == 4, sw.summary()
-    assert sw.results()["sq"]["sq"].tolist() == [0, 1, 4, 9]
+    _retry_gives(sw, flag, [0, 1, 4, 9])
 
 
 # -- SLURM --------------------------------------------------------------------------------------
@@ -224,11 +244,8 @@ def slurm_env(tmp_path_factory):
 def test_slurm_sweep_one_array_kill_one_and_retry(slurm_env, tmp_path):
     write_profiles(slurm_env.base / "cj", slurm_env.profiles)
     sh = new_shell()
-    flag = tmp_path / "flag"
-    ok(sh, f"flag = {str(flag)!r}")
-    ok(sh, '%%cluster slurm --async --sweep "a in range(5)" --job sw\n'
-           'import os, time\nif a == 3 and not os.path.exists(flag):\n    time.sleep(120)\n'
-           'sq = a * a')
+    flag, _ = _sweep_until_flag(sh, tmp_path, 'slurm --async --sweep "a in range(5)"', "a == 3",
+                                "time.sleep(120)")
     sw = sh.user_ns["sw"]
     recs = [e.job.record for e in sw.elements]
     arrays = {r.native_id.split("_")[0] for r in recs}
@@ -276,37 +293,6 @@ def test_slurm_cancel_whole_sweep(slurm_env):
     assert {e.state for e in sw.elements} == {JobState.CANCELLED}
 
 
-@pytest.mark.slurm
-def test_slurm_element_over_its_time_limit_then_retry(slurm_env, tmp_path):
-    """SLURM ends the element over its --time (0–30 s after it: slurmctld looks every 30 s);
-    the others complete; the retry gives the full result set."""
-    write_profiles(slurm_env.base / "cj", slurm_env.profiles)
-    sh = new_shell()
-    flag = tmp_path / "flag"
-    ok(sh, f"flag = {str(flag)!r}")
-    with capture_output() as cap:
-        ok(sh, '%%cluster slurm --time 0:00:20 --sweep "a in range(3)" --job sw\n'
-               'import os, time\nif a == 1 and not os.path.exists(flag):\n'
-               '    time.sleep(600)\nsq = a * a')
-    assert "2 of 3 completed, 1 failed" in cap.stdout, cap.stdout
-    assert "element 1 (a=1): timeout: " in cap.stdout and "time limit" in cap.stdout
-    sw = sh.user_ns["sw"]
-    assert [e.state for e in sw.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
-                                              JobState.COMPLETED]
-    assert sh.user_ns["sq"]["sq"].tolist() == [0, 4]
-    array = sw.elements[1].job.record.native_id.split("_")[0]
-    acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", f"{array}_1"],
-                          capture_output=True, text=True, timeout=60).stdout
-    assert "TIMEOUT" in acct                      # SLURM itself says so
-    with capture_output() as cap:
-        ok(sh, f"%cluster sweep {sw.id[:8]}")
-    assert "time limit" in [ln for ln in cap.stdout.splitlines() if "timeout" in ln][0]
-    flag.write_text("")
-    sw.retry()
-    assert sw.wait(300).done == 3, sw.summary()
-    assert sw.results()["sq"]["sq"].tolist() == [0, 1, 4]
-
-
 # -- Grid Engine --------------------------------------------------------------------------------
 
 def _sge_profile(cj_home, monkeypatch) -> None:
@@ -320,38 +306,12 @@ def _sge_profile(cj_home, monkeypatch) -> None:
 
 
 @pytest.mark.sge
-def test_sge_element_over_its_time_limit_then_retry(cj_home, monkeypatch, tmp_path):
-    """Grid Engine ends the element over its h_rt (--time); the others complete; qacct of
-    the array says how each task ended; the retry gives the full set."""
-    _sge_profile(cj_home, monkeypatch)
-    sh = new_shell()
-    flag = tmp_path / "flag"
-    ok(sh, f"flag = {str(flag)!r}")
-    with capture_output() as cap:
-        ok(sh, '%%cluster sge --time 0:00:08 --sweep "a in range(3)" --job sw\n'
-               'import os, time\nif a == 1 and not os.path.exists(flag):\n'
-               '    time.sleep(120)\nsq = a * a')
-    assert "2 of 3 completed, 1 failed" in cap.stdout, cap.stdout
-    sw = sh.user_ns["sw"]
-    assert [e.state for e in sw.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
-                                              JobState.COMPLETED], sw.summary()
-    assert "time limit" in sw.summary()
-    flag.write_text("")
-    sw.retry()
-    assert sw.wait(300).done == 3, sw.summary()
-    assert sw.results()["sq"]["sq"].tolist() == [0, 1, 4]
-
-
-@pytest.mark.sge
 def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
     _sge_profile(cj_home, monkeypatch)
     sh = new_shell()
-    flag = tmp_path / "flag"
-    ok(sh, f"flag = {str(flag)!r}")
-    with capture_output() as cap:
-        ok(sh, '%%cluster sge --sweep "a in [1, 2, 3]" --job sw\nimport os\n'
-               'if a == 2 and not os.path.exists(flag):\n    raise ValueError("two")\nsq = a * a')
-    assert "2 of 3 completed, 1 failed" in cap.stdout and "ValueError: two" in cap.stdout
+    flag, out = _sweep_until_flag(sh, tmp_path, 'sge --sweep "a in [1, 2, 3]"', "a == 2",
+                                  'raise ValueError("two")')
+    assert "2 of 3 completed, 1 failed" in out and "ValueError: two" in out
     sw = sh.user_ns["sw"]
     natives = [e.job.record.native_id for e in sw.elements]
     array = natives[0].split(".")[0]
@@ -359,11 +319,8 @@ def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
     env = scheduler_env(sw.elements[2].job.record)
     assert env["JOB_ID"] == array and env["SGE_TASK_ID"] == "3"
     assert sh.user_ns["sq"]["sq"].tolist() == [1, 9]
-    flag.write_text("")
-    sw.retry()
-    assert sw.wait(300).done == 3
+    _retry_gives(sw, flag, [1, 4, 9])
     assert sw.elements[1].job.record.native_id.endswith(".2")
-    assert sw.results()["sq"]["sq"].tolist() == [1, 4, 9]
 
 
 # -- PBS (the Torque wrappers over SLURM) ------------------------------------------------------
@@ -445,27 +402,6 @@ def test_pbs_sweep_one_array_raise_kill_and_retry(pbs_profile, tmp_path):
 
 
 @pytest.mark.pbs
-def test_pbs_element_over_its_walltime(cj_home, tmp_path):
-    """The wrappers' walltime is SLURM's --time (whole minutes, enforced 0–30 s late)."""
-    pbs = ensure("pbs")["pbs"]
-    write_profiles(cj_home, {"pbs": {"scheduler": "pbs", "python": sys.executable,
-                                     "resources": {"mem": "200M"},
-                                     "scheduler_options": {"bin_dir": pbs["bin_dir"]}}})
-    sh = new_shell()
-    try:
-        with capture_output() as cap:
-            ok(sh, '%%cluster pbs --time 0:00:20 --sweep "a in range(3)" --job sw\n'
-                   'import time\nif a == 1:\n    time.sleep(600)\nsq = a * a')
-    finally:
-        scancel_leftovers()
-    assert "2 of 3 completed, 1 failed" in cap.stdout, cap.stdout
-    sw = sh.user_ns["sw"]
-    assert [e.state for e in sw.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
-                                              JobState.COMPLETED], sw.summary()
-    assert sh.user_ns["sq"]["sq"].tolist() == [0, 4]
-
-
-@pytest.mark.pbs
 def test_pbs_cancel_whole_sweep(pbs_profile):
     sh = new_shell()
     ok(sh, '%%cluster pbs --async --sweep "a in range(3)" --job sw\n'
@@ -475,6 +411,93 @@ def test_pbs_cancel_whole_sweep(pbs_profile):
     counts = sw.cancel()                          # one qdel ID[] for the whole array
     assert counts.failed == 3 and counts.done == 0, sw.summary()
     assert {e.state for e in sw.elements} == {JobState.CANCELLED}
+
+
+# -- one scenario, every batch scheduler --------------------------------------------------------
+# What every scheduler must do alike runs once per scheduler (the parameter carries its marker,
+# as in tests/test_scenarios.py); what only one of them can say is a small hook of its own.
+
+def _sacct_says_timeout(array: str) -> None:
+    acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", f"{array}_1"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "TIMEOUT" in acct, acct                # SLURM itself says so
+
+
+def _slurm_says_timeout(sw, time_limit: str) -> None:
+    _sacct_says_timeout(sw.elements[1].job.record.native_id.split("_")[0])
+
+
+def _pbs_says_timeout(sw, time_limit: str) -> None:
+    # the wrappers' array ARRAY[1] is SLURM's ARRAY_1: SLURM's accounting below them says so
+    _sacct_says_timeout(sw.elements[1].job.record.native_id.split("[")[0])
+
+
+def _qacct_says_h_rt(sw, time_limit: str) -> None:
+    sge = ensure("sge")["sge"]
+    array, task = sw.elements[1].job.record.native_id.split(".")
+    env = {**os.environ, "SGE_ROOT": sge["sge_root"], "SGE_CELL": sge["sge_cell"]}
+    acct = subprocess.run(["/usr/lib/gridengine/qacct", "-j", array, "-t", task],
+                          capture_output=True, text=True, timeout=60, env=env).stdout
+    h, m, sec = (int(x) for x in time_limit.split(":"))
+    # Grid Engine itself says so: its qmaster ended task 2 (element 1) at its h_rt
+    assert re.search(r"^failed\s+37\s*:\s*qmaster enforced h_rt", acct, re.M), acct
+    assert re.search(rf"^category\s.*-l h_rt={h * 3600 + m * 60 + sec}\b", acct, re.M), acct
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch scheduler as the shared scenarios see it."""
+
+    name: str                                      # its profile's name
+    time_limit: str                                # a --time it enforces within a minute
+    says_timeout: Callable[[Any, str], None]       # its own word on the element that hit it
+
+
+BATCH = {"slurm": Batch("slurm", "0:00:20", _slurm_says_timeout),
+         "sge": Batch("sge", "0:00:08", _qacct_says_h_rt),
+         "pbs": Batch("pbs", "0:00:20", _pbs_says_timeout)}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in BATCH])
+def batch(request, cj_home, monkeypatch):
+    """A profile named after the scheduler, on its real test cluster."""
+    name = request.param
+    if name == "sge":
+        _sge_profile(cj_home, monkeypatch)
+    else:
+        info = ensure(name)[name]
+        profile: dict = {"scheduler": name, "python": sys.executable, "resources": {"mem": "200M"}}
+        if name == "slurm":
+            profile["resources"].update(partition=info["partition"], time="10m")
+        else:
+            profile["scheduler_options"] = {"bin_dir": info["bin_dir"]}
+        write_profiles(cj_home, {name: profile})
+    yield BATCH[name]
+    if name != "sge":                              # SLURM ids: the PBS wrappers run on it
+        scancel_leftovers()
+
+
+def test_element_over_its_time_limit_then_retry(batch, tmp_path):
+    """The scheduler ends the element over its --time (SLURM and the PBS wrappers over it: 0–30 s
+    after it, slurmctld looks every 30 s; Grid Engine: its h_rt); the others complete; the
+    scheduler's own accounting says why; the retry gives the full result set."""
+    sh = new_shell()
+    flag, out = _sweep_until_flag(
+        sh, tmp_path, f'{batch.name} --time {batch.time_limit} --sweep "a in range(3)"',
+        "a == 1", "time.sleep(600)")
+    assert "2 of 3 completed, 1 failed" in out, out
+    assert "element 1 (a=1): timeout: " in out and "time limit" in out
+    sw = sh.user_ns["sw"]
+    assert [e.state for e in sw.elements] == [JobState.COMPLETED, JobState.TIMEOUT,
+                                              JobState.COMPLETED], sw.summary()
+    assert "time limit" in sw.summary()
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 4]
+    batch.says_timeout(sw, batch.time_limit)
+    with capture_output() as cap:
+        ok(sh, f"%cluster sweep {sw.id[:8]}")
+    assert "time limit" in [ln for ln in cap.stdout.splitlines() if "timeout" in ln][0]
+    _retry_gives(sw, flag, [0, 1, 4])
+
 
 
 # -- Kubernetes: one Indexed Job ---------------------------------------------------------------
@@ -521,11 +544,9 @@ def test_kubernetes_sweep_is_one_indexed_job(shell, cj_home, api_server,  # noqa
     api_server.answer("GET", f"/api/v1/namespaces/{NS}/pods", 200,
                       {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []})
     _k8s_list(api_server, [])
-    flag = tmp_path / "flag"
-    ok(shell, f"flag = {str(flag)!r}")
-    ok(shell, '%%cluster k8s --async --time 10m --max-running 2 --sweep "a in range(3)" '
-              '--job sw\nimport os\nif a == 1 and not os.path.exists(flag):\n'
-              '    raise ValueError("one")\nsq = a * a\npid = os.getpid()')
+    flag, _ = _sweep_until_flag(
+        shell, tmp_path, 'k8s --async --time 10m --max-running 2 --sweep "a in range(3)"',
+        "a == 1", 'raise ValueError("one")', "pid = os.getpid()")
     sw = shell.user_ns["sw"]
     posts = [r for r in api_server.requests if r["method"] == "POST"]
     secret = base64.b64decode(posts[0]["body"]["data"]["secret"])
