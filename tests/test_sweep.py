@@ -281,18 +281,6 @@ def test_slurm_sweep_one_array_kill_one_and_retry(slurm_env, tmp_path):
     assert sh.user_ns["sq"]["sq"].tolist() == [0, 1, 4, 9, 16]
 
 
-@pytest.mark.slurm
-def test_slurm_cancel_whole_sweep(slurm_env):
-    write_profiles(slurm_env.base / "cj", slurm_env.profiles)
-    sh = new_shell()
-    ok(sh, '%%cluster slurm --async --sweep "a in range(3)" --job sw\n'
-           'import time\ntime.sleep(120)\nx = a')
-    sw = sh.user_ns["sw"]
-    counts = sw.cancel()
-    assert counts.failed == 3 and counts.done == 0
-    assert {e.state for e in sw.elements} == {JobState.CANCELLED}
-
-
 # -- Grid Engine --------------------------------------------------------------------------------
 
 def _sge_profile(cj_home, monkeypatch) -> None:
@@ -321,6 +309,40 @@ def test_sge_sweep_one_array_task_ids_and_retry(cj_home, monkeypatch, tmp_path):
     assert sh.user_ns["sq"]["sq"].tolist() == [1, 9]
     _retry_gives(sw, flag, [1, 4, 9])
     assert sw.elements[1].job.record.native_id.endswith(".2")
+
+
+@pytest.mark.sge
+def test_sge_task_killed_kernel_restart_and_retry(cj_home, monkeypatch, tmp_path):
+    """One task of the array killed with Grid Engine's own ``qdel JOB -t N``; a new shell (a
+    kernel restart) brings back what finished; the retry of that task gives the full set."""
+    _sge_profile(cj_home, monkeypatch)
+    sh = new_shell()
+    flag, _ = _sweep_until_flag(sh, tmp_path, 'sge --async --sweep "a in range(4)"', "a == 2",
+                                "time.sleep(120)")
+    sw = sh.user_ns["sw"]
+    recs = [e.job.record for e in sw.elements]
+    array = recs[0].native_id.split(".")[0]
+    assert [r.native_id for r in recs] == [f"{array}.{t}" for t in (1, 2, 3, 4)]
+    wait_for(lambda: os.path.exists(os.path.join(recs[2].job_dir, "started.json")), 240,
+             "element 2 to start")
+    sge = ensure("sge")["sge"]
+    subprocess.run(["/usr/lib/gridengine/qdel", array, "-t", "3"], check=True, timeout=60,
+                   capture_output=True,
+                   env=dict(os.environ, SGE_ROOT=sge["sge_root"], SGE_CELL=sge["sge_cell"]))
+    counts = sw.wait(300)
+    assert counts.done == 3 and counts.failed == 1, sw.summary()
+    assert sw.elements[2].state in (JobState.CANCELLED, JobState.FAILED)
+    sh = new_shell()
+    with capture_output() as cap:
+        ok(sh, f"%cluster result {sw.id[:8]}")
+    assert "3 of 4 completed, 1 failed" in cap.stdout, cap.stdout
+    assert sh.user_ns["sq"]["sq"].tolist() == [0, 1, 9]
+    from clusterjupyter.sweeps import Sweep
+
+    sw = Sweep(sw.id)
+    _retry_gives(sw, flag, [0, 1, 4, 9])
+    again = sw.elements[2].job.record.native_id
+    assert again.split(".")[0] != array and again.endswith(".3")
 
 
 # -- PBS (the Torque wrappers over SLURM) ------------------------------------------------------
@@ -498,6 +520,17 @@ def test_element_over_its_time_limit_then_retry(batch, tmp_path):
     assert "time limit" in [ln for ln in cap.stdout.splitlines() if "timeout" in ln][0]
     _retry_gives(sw, flag, [0, 1, 4])
 
+
+
+def test_cancel_whole_sweep(batch):
+    """One cancel for the whole array: every element ends cancelled, none completes."""
+    sh = new_shell()
+    ok(sh, f'%%cluster {batch.name} --async --sweep "a in range(3)" --job sw\n'
+           'import time\ntime.sleep(120)\nx = a')
+    sw = sh.user_ns["sw"]
+    counts = sw.cancel()
+    assert counts.failed == 3 and counts.done == 0, sw.summary()
+    assert {e.state for e in sw.elements} == {JobState.CANCELLED}
 
 
 # -- Kubernetes: one Indexed Job ---------------------------------------------------------------
