@@ -36,21 +36,20 @@ import base64
 import getpass
 import json
 import os
-import posixpath
 import re
-import shlex
 import time
 from typing import Any, ClassVar, Iterable, Sequence
 
 from ..errors import ClusterError, CommandError
-from ..jobdir import SECRET_ENV
 from ..resources import Resources
 from ..states import JobState
-from ..sweep import array_ranges
 from ..sweep import task_set as index_set
 from ..text import hms
 from ..transports.base import Transport
 from .base import JobSpec, NativeStatus, QueueEntry, Scheduler
+from . import kubemanifest as km
+from .kubemanifest import (ANNOTATION_INDICES, ELEMENT, LABEL_JOB, LABEL_MANAGED,  # noqa: F401
+                           LABEL_USER, SECRET_DIR, Site, _label_value, job_name)
 
 _S = JobState
 
@@ -78,26 +77,7 @@ OPTIONS: dict[str, str] = {
     "request_timeout": "seconds an API call may take (default 30)",
 }
 
-LABEL_MANAGED = "app.kubernetes.io/managed-by"
-LABEL_JOB = "clusterjupyter.io/job"
-LABEL_USER = "clusterjupyter.io/user"
-SECRET_DIR = "/var/run/clusterjupyter"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-#: the pod's command: key from the Secret into a private in-memory file, prelude, runner
-_ENTRY = ('umask 077 && printf "%s" "$CLUSTERJUPYTER_SECRET" > {dir}/secret && '
-          'unset CLUSTERJUPYTER_SECRET && export {env}={dir}/secret || exit 70\n'
-          '{prelude}exec "$@"')
-#: a sweep's pod: its element from JOB_COMPLETION_INDEX (the CJ_INDICES word of that position
-#: when the Job runs only some elements), then the element's directory (CJ_ARRAY_BASE + index)
-ELEMENT = ('i=${JOB_COMPLETION_INDEX:?not an Indexed Job}\n'
-           'if [ -n "${CJ_INDICES:-}" ]; then '
-           'i=$(printf "%s\\n" $CJ_INDICES | sed -n "$((i + 1))p"); fi\n'
-           'case $i in ""|*[!0-9]*) echo "no element for completion index'
-           ' $JOB_COMPLETION_INDEX" >&2; exit 71;; esac\n'
-           'CJ_JOB_DIR="$CJ_ARRAY_BASE$(printf %08d "$i")" && cd "$CJ_JOB_DIR" || exit 71\n')
-#: annotation of a sweep's Job: the element index of each completion index (array_ranges)
-ANNOTATION_INDICES = "clusterjupyter.io/indices"
 
 
 class KubernetesScheduler(Scheduler):
@@ -145,133 +125,29 @@ class KubernetesScheduler(Scheduler):
     #: an Indexed Job's pod finds its element from this (see :data:`ELEMENT`)
     array_index = "${JOB_COMPLETION_INDEX}"
 
-    # -- the manifest -----------------------------------------------------------------------
+    # -- the manifest (built by kubemanifest's pure functions) --------------------------------
     def render(self, spec: JobSpec) -> str:
         """The Job manifest (JSON) — what ``%cluster script`` shows and job.sh holds."""
         return json.dumps(self.manifest(spec), indent=1, sort_keys=True) + "\n"
 
+    def _site(self) -> Site:
+        return Site(self.options, self._user(), self.namespace, self.secret_name)
+
     def manifest(self, spec: JobSpec) -> dict[str, Any]:
-        """The ``batch/v1`` Job: one pod, never restarted, deadline from ``--time``."""
-        labels = {LABEL_MANAGED: "clusterjupyter", LABEL_JOB: spec.job_id,
-                  LABEL_USER: _label_value(self._user())}
-        job_spec: dict[str, Any] = {
-            "backoffLimit": 0,                       # a cell runs at most once
-            "ttlSecondsAfterFinished": int(self.options.get("ttl_seconds", 3600)),
-            "template": {"metadata": {"labels": labels}, "spec": self.pod(spec)},
-        }
-        if spec.resources.time and not spec.array_prefix:
-            job_spec["activeDeadlineSeconds"] = int(spec.resources.time)
-        return {
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job_name(spec.job_id), "namespace": self.namespace,
-                         "labels": labels,
-                         "annotations": {"clusterjupyter.io/name": spec.name,
-                                         "clusterjupyter.io/job-dir": spec.paths.dir}},
-            "spec": job_spec,
-        }
+        return km.job_manifest(self._site(), spec)
 
     def array_manifest(self, spec: JobSpec, indices: Sequence[int],
                        max_running: int) -> dict[str, Any]:
-        """A sweep's Indexed Job: one completion index per element of ``indices`` (in
-        order), each run once, at most ``max_running`` at a time (0: all), ``--time`` for each
-        element's pod."""
-        if not spec.array_prefix:
-            raise ClusterError("kubernetes: an Indexed Job needs the sweep's element prefix")
-        m = self.manifest(spec)
-        job_spec = m["spec"]
-        del job_spec["backoffLimit"]                 # per index instead: a failure stops no other
-        job_spec.update({"completionMode": "Indexed", "completions": len(indices),
-                         "parallelism": int(max_running) if max_running else len(indices),
-                         "backoffLimitPerIndex": 0, "maxFailedIndexes": len(indices)})
-        pod = job_spec["template"]["spec"]
-        if spec.resources.time:
-            pod["activeDeadlineSeconds"] = int(spec.resources.time)
-        ordered = list(indices)
-        m["metadata"]["annotations"][ANNOTATION_INDICES] = array_ranges(ordered) \
-            if ordered == sorted(set(ordered)) else ",".join(map(str, ordered))
-        env = pod["containers"][0]["env"]
-        base = posixpath.join(spec.paths.root, "jobs", spec.array_prefix)
-        env.append({"name": "CJ_ARRAY_BASE", "value": base})
-        if ordered != list(range(len(ordered))):
-            env.append({"name": "CJ_INDICES", "value": " ".join(map(str, ordered))})
-        return m
+        return km.indexed_job(self._site(), spec, indices, max_running)
 
     def amounts(self, res: Resources) -> dict[str, str]:
-        """Container requests (= limits) for ``res``; what Kubernetes cannot express is
-        refused, naming the profile option to use instead."""
-        for what in ("nodes", "partition", "account", "qos", "constraint"):
-            if getattr(res, what) and not (what == "nodes" and res.nodes == 1):
-                raise ClusterError(f"kubernetes: --{what} has no Kubernetes equivalent here; "
-                                   "use the profile's scheduler options (namespace, "
-                                   "node_selector …)")
-        if res.directives:
-            raise ClusterError("kubernetes: --directive is not taken; use the profile's "
-                               "scheduler options")
-        amounts: dict[str, str] = {}
-        if res.cpus:
-            amounts["cpu"] = str(int(res.cpus))
-        if res.mem:
-            amounts["memory"] = f"{int(res.mem)}Mi"
-        if res.gpus:
-            if not res.gpus.isdigit():
-                raise ClusterError(f"kubernetes: --gpus takes a count, not {res.gpus!r}; "
-                                   "choose the GPU type with the node_selector option")
-            amounts[str(self.options.get("gpu_resource", "nvidia.com/gpu"))] = res.gpus
-        return amounts
+        return km.amounts(self.options, res)
 
     def container(self, spec: JobSpec) -> dict[str, Any]:
-        """The runner's container: the key from the Secret, the prelude, then the runner."""
-        env: list[dict[str, Any]] = [{"name": "CLUSTERJUPYTER_SECRET", "valueFrom": {
-            "secretKeyRef": {"name": self.secret_name, "key": "secret"}}}]
-        env += [{"name": key, "value": value} for key, value in spec.env.items()]
-        if spec.pythonpath:
-            env.append({"name": "PYTHONPATH", "value": spec.pythonpath})
-        prelude = "".join(f"{line}\n" for line in spec.prelude)
-        python = shlex.split(str(self.options.get("python", "python3")))
-        sub_path = self.options.get("pvc_sub_path")
-        entry = _ENTRY.format(dir=SECRET_DIR, env=SECRET_ENV, prelude=prelude)
-        job_dir = [spec.paths.dir]
-        if spec.array_prefix:          # the element's directory is known in the pod only
-            entry = ELEMENT + entry.replace('exec "$@"', 'exec "$@" "$CJ_JOB_DIR"')
-            job_dir = []
-        container: dict[str, Any] = {
-            "name": "cell",
-            "image": str(self.options["image"]),
-            "command": ["/bin/sh", "-c", entry, "sh",
-                        *python, "-m", "clusterjupyter.runner", *job_dir],
-            "workingDir": spec.paths.root if spec.array_prefix else spec.paths.dir,
-            "env": env,
-            "volumeMounts": [
-                {"name": "work", "mountPath": spec.paths.root,
-                 **({"subPath": str(sub_path)} if sub_path else {})},
-                {"name": "secret", "mountPath": SECRET_DIR}],
-        }
-        amounts = self.amounts(spec.resources)
-        if amounts:
-            container["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
-        if self.options.get("image_pull_policy"):
-            container["imagePullPolicy"] = str(self.options["image_pull_policy"])
-        return container
+        return km.container(self._site(), spec)
 
     def pod(self, spec: JobSpec) -> dict[str, Any]:
-        """The pod: the container, the user it runs as, the work claim and the key's memory
-        volume."""
-        uid = self.options.get("run_as_user", os.getuid())
-        gid = self.options.get("run_as_group", os.getgid())
-        pod: dict[str, Any] = {
-            "restartPolicy": "Never",
-            "containers": [self.container(spec)],
-            "securityContext": {"runAsUser": int(uid), "runAsGroup": int(gid)},
-            "volumes": [
-                {"name": "work", "persistentVolumeClaim": {"claimName": str(self.options["pvc"])}},
-                {"name": "secret", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
-        }
-        if self.options.get("service_account"):
-            pod["serviceAccountName"] = str(self.options["service_account"])
-        if self.options.get("node_selector"):
-            pod["nodeSelector"] = {str(k): str(v) for k, v in
-                                   dict(self.options["node_selector"]).items()}
-        return pod
+        return km.pod(self._site(), spec)
 
     @property
     def secret_name(self) -> str:
@@ -580,17 +456,6 @@ class _Condition:
 
     def __init__(self, type_: str) -> None:
         self.type, self.status, self.reason, self.message = type_, "True", "", "its pod failed"
-
-
-def job_name(job_id: str) -> str:
-    """The Job's name: a DNS label made from our job id."""
-    return f"cj-{job_id}"[:63]
-
-
-def _label_value(text: str) -> str:
-    """A valid label value (63 characters of ``[A-Za-z0-9_.-]``, alphanumeric at both ends)."""
-    value = re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:63].strip("_.-")
-    return value or "unknown"
 
 
 def _selector(job_ids: Iterable[str]) -> str:
